@@ -1,0 +1,63 @@
+"""Fixed-size key/value cache returned (never mutated) by the forward pass.
+
+Every row owns `size` slots. A slot remembers the position of the token whose key/value it holds, so the
+attention mask is derived from positions rather than slot order: plain decoding writes token p into slot p,
+while a verifier may park tree nodes in scratch slots and later compact the accepted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dspark_jax.models.config import ModelConfig
+
+# Sentinel position of a free slot: larger than any real position, so `kv_pos <= q_pos` never admits it.
+EMPTY_POSITION = np.iinfo(np.int32).max
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    k: jax.Array  # [L, B, S, KVH, D]
+    v: jax.Array  # [L, B, S, KVH, D]
+    positions: jax.Array  # [B, S] int32: position held by each slot, EMPTY_POSITION when free
+
+    AXES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "k": ("layers", "batch", "cache_slots", "kv_heads", "head_dim"),
+        "v": ("layers", "batch", "cache_slots", "kv_heads", "head_dim"),
+        "positions": ("batch", "cache_slots"),
+    }
+
+    @classmethod
+    def empty(cls, config: ModelConfig, batch: int, size: int, dtype=jnp.float32) -> KVCache:
+        shape = (config.num_layers, batch, size, config.num_kv_heads, config.head_dim)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            positions=jnp.full((batch, size), EMPTY_POSITION, jnp.int32),
+        )
+
+    @property
+    def size(self) -> int:
+        return self.positions.shape[1]
+
+    @property
+    def batch(self) -> int:
+        return self.positions.shape[0]
+
+
+def logical_axes(cache: KVCache) -> KVCache:
+    return KVCache(**KVCache.AXES)
+
+
+def causal_mask(cache_positions: jax.Array, query_positions: jax.Array) -> jax.Array:
+    """bool[B, T, S]: query t sees every cached token at or before its own position.
+
+    cache_positions: int32[B, S]; query_positions: int32[B, T].
+    """
+    return cache_positions[:, None, :] <= query_positions[:, :, None]

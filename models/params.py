@@ -1,0 +1,161 @@
+"""Parameter pytrees of the decoder-only target, with the logical axis names of every array.
+
+Layer parameters are stacked along a leading `layers` axis so the forward pass is one `lax.scan` (one
+compiled layer body however deep the model). Linear weights are stored [out, in] and contracted on their
+last axis, the layout in which XLA:CPU runs the large vocabulary projection fastest (DESIGN.md §8).
+Optional pieces (biases, QK-norm, Gemma's post-norms, an untied head) are `None` when a family lacks them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dspark_jax.models.config import ConfigError, ModelConfig
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LayerParams:
+    """All decoder layers, stacked: every array has a leading [num_layers] axis."""
+
+    attn_norm: jax.Array  # [L, E]
+    q: jax.Array  # [L, H, D, E]
+    k: jax.Array  # [L, KVH, D, E]
+    v: jax.Array  # [L, KVH, D, E]
+    o: jax.Array  # [L, E, H, D]
+    mlp_norm: jax.Array  # [L, E]
+    gate: jax.Array  # [L, F, E]
+    up: jax.Array  # [L, F, E]
+    down: jax.Array  # [L, E, F]
+    q_bias: jax.Array | None = None  # [L, H, D]
+    k_bias: jax.Array | None = None  # [L, KVH, D]
+    v_bias: jax.Array | None = None  # [L, KVH, D]
+    q_norm: jax.Array | None = None  # [L, D]
+    k_norm: jax.Array | None = None  # [L, D]
+    attn_post_norm: jax.Array | None = None  # [L, E]
+    mlp_post_norm: jax.Array | None = None  # [L, E]
+
+    AXES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "attn_norm": ("layers", "embed"),
+        "q": ("layers", "heads", "head_dim", "embed"),
+        "k": ("layers", "kv_heads", "head_dim", "embed"),
+        "v": ("layers", "kv_heads", "head_dim", "embed"),
+        "o": ("layers", "embed", "heads", "head_dim"),
+        "mlp_norm": ("layers", "embed"),
+        "gate": ("layers", "ffn", "embed"),
+        "up": ("layers", "ffn", "embed"),
+        "down": ("layers", "embed", "ffn"),
+        "q_bias": ("layers", "heads", "head_dim"),
+        "k_bias": ("layers", "kv_heads", "head_dim"),
+        "v_bias": ("layers", "kv_heads", "head_dim"),
+        "q_norm": ("layers", "head_dim"),
+        "k_norm": ("layers", "head_dim"),
+        "attn_post_norm": ("layers", "embed"),
+        "mlp_post_norm": ("layers", "embed"),
+    }
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TransformerParams:
+    embed: jax.Array  # [V, E]; also the output head when embeddings are tied
+    layers: LayerParams
+    final_norm: jax.Array  # [E]
+    lm_head: jax.Array | None = None  # [V, E] when the head is untied
+
+    AXES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "embed": ("vocab", "embed"),
+        "final_norm": ("embed",),
+        "lm_head": ("vocab", "embed"),
+    }
+
+    @property
+    def head(self) -> jax.Array:
+        """[V, E]: the matrix that turns final hidden states into logits."""
+        return self.embed if self.lm_head is None else self.lm_head
+
+
+def logical_axes(params: TransformerParams) -> TransformerParams:
+    """A pytree shaped like `params` whose leaves are the logical axis names of each array."""
+    layers = LayerParams(**{
+        f.name: (None if getattr(params.layers, f.name) is None else LayerParams.AXES[f.name])
+        for f in dataclasses.fields(LayerParams)
+    })
+    return TransformerParams(
+        embed=TransformerParams.AXES["embed"],
+        layers=layers,
+        final_norm=TransformerParams.AXES["final_norm"],
+        lm_head=None if params.lm_head is None else TransformerParams.AXES["lm_head"],
+    )
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Shape of every parameter the config implies, keyed like the dataclass fields ('layers.q', ...)."""
+    c = config
+    n, h, kv, d, e, f = c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
+    shapes = {
+        "embed": (c.vocab_size, e),
+        "final_norm": (e,),
+        "layers.attn_norm": (n, e),
+        "layers.q": (n, h, d, e),
+        "layers.k": (n, kv, d, e),
+        "layers.v": (n, kv, d, e),
+        "layers.o": (n, e, h, d),
+        "layers.mlp_norm": (n, e),
+        "layers.gate": (n, f, e),
+        "layers.up": (n, f, e),
+        "layers.down": (n, e, f),
+    }
+    if not c.tie_embeddings:
+        shapes["lm_head"] = (c.vocab_size, e)
+    if c.qkv_bias:
+        shapes |= {"layers.q_bias": (n, h, d), "layers.k_bias": (n, kv, d), "layers.v_bias": (n, kv, d)}
+    if c.qk_norm:
+        shapes |= {"layers.q_norm": (n, d), "layers.k_norm": (n, d)}
+    if c.sandwich_norms:
+        shapes |= {"layers.attn_post_norm": (n, e), "layers.mlp_post_norm": (n, e)}
+    return shapes
+
+
+def params_from_arrays(config: ModelConfig, arrays: dict[str, np.ndarray], dtype=jnp.float32) -> TransformerParams:
+    """Builds the pytree from flat arrays keyed as `expected_shapes` names them, checking every shape.
+
+    Loaders produce the flat dict; this is the single place that decides what a complete, consistent set
+    of weights for `config` is, so a truncated or mismatched checkpoint fails here with the offending name.
+    """
+
+    want = expected_shapes(config)
+    missing = sorted(set(want) - set(arrays))
+    if missing:
+        raise ConfigError(f"checkpoint lacks {len(missing)} tensors the config needs, e.g. {missing[:4]}")
+    unexpected = sorted(set(arrays) - set(want))
+    if unexpected:
+        raise ConfigError(f"checkpoint has tensors the config does not use, e.g. {unexpected[:4]}")
+    for name, shape in want.items():
+        if tuple(arrays[name].shape) != shape:
+            raise ConfigError(
+                f"tensor {name} has shape {tuple(arrays[name].shape)} but the config implies {shape}; "
+                "the checkpoint does not belong to this config"
+            )
+    cast = {name: jnp.asarray(a, dtype=dtype) for name, a in arrays.items()}
+    layers = LayerParams(**{name.split(".", 1)[1]: a for name, a in cast.items() if name.startswith("layers.")})
+    return TransformerParams(
+        embed=cast["embed"], layers=layers, final_norm=cast["final_norm"], lm_head=cast.get("lm_head")
+    )
+
+
+def init_params(config: ModelConfig, key: jax.Array, dtype=jnp.float32, std: float = 0.02) -> TransformerParams:
+    """Random weights for tests and drafter initialisation: normal(0, std) matrices, norms near one."""
+    arrays = {}
+    names = sorted(expected_shapes(config).items())
+    for (name, shape), k in zip(names, jax.random.split(key, len(names))):
+        if name.endswith("norm"):
+            arrays[name] = 1.0 + 0.1 * jax.random.normal(k, shape)
+        else:
+            arrays[name] = std * jax.random.normal(k, shape)
+    return params_from_arrays(config, {n: np.asarray(a) for n, a in arrays.items()}, dtype)

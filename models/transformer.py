@@ -1,0 +1,161 @@
+"""Forward pass of the decoder-only target: pure functions over `TransformerParams` and a `KVCache`.
+
+One body serves every family; `ModelConfig` switches decide biases, QK-norm, sandwich norms, sliding-window
+layers and per-layer-type RoPE. Positions, cache write slots and the attention mask are explicit inputs so
+the same function runs prefill, single-token decode and tree verification.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dspark_jax.kernels.attention_reference import attention
+from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.kv_cache import KVCache, causal_mask
+from dspark_jax.models.params import LayerParams, TransformerParams
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ForwardOutput:
+    hidden: jax.Array  # [B, T, E]: final-normed hidden state (logits = hidden @ head.T)
+    captured: jax.Array  # [K, B, T, E]: outputs of the decoder layers named in `capture_layers`
+    cache: KVCache
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """x * rsqrt(mean(x²) + eps) * weight, computed in float32 (weight is the effective multiplier)."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate-half RoPE. x: [B, T, N, D]; positions: int32[B, T]; inv_freq: float32[D // 2]."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D/2]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def _activation(config: ModelConfig, x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=True) if config.activation == "gelu_tanh" else jax.nn.silu(x)
+
+
+def _layer(
+    config: ModelConfig,
+    layer: LayerParams,
+    x: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    positions: jax.Array,
+    write_slots: jax.Array,
+    mask: jax.Array,
+    inv_freq: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One decoder layer. x: [B, T, E]; k_cache/v_cache: [B, S, KVH, D]; mask: bool[B, T, S]."""
+    eps = config.rms_norm_eps
+    h = rms_norm(x, layer.attn_norm, eps)
+    q = jnp.einsum("bte,hde->bthd", h, layer.q)
+    k = jnp.einsum("bte,hde->bthd", h, layer.k)
+    v = jnp.einsum("bte,hde->bthd", h, layer.v)
+    if layer.q_bias is not None:
+        q, k, v = q + layer.q_bias, k + layer.k_bias, v + layer.v_bias
+    if layer.q_norm is not None:
+        q, k = rms_norm(q, layer.q_norm, eps), rms_norm(k, layer.k_norm, eps)
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+
+    rows = jnp.arange(x.shape[0])[:, None]
+    # Slots past the cache end are dropped: callers route padding tokens there so they never land.
+    k_cache = k_cache.at[rows, write_slots].set(k.astype(k_cache.dtype), mode="drop")
+    v_cache = v_cache.at[rows, write_slots].set(v.astype(v_cache.dtype), mode="drop")
+
+    attn = attention(q, k_cache, v_cache, mask, scale=config.scale, logit_softcap=config.attn_logit_softcap)
+    h = jnp.einsum("bthd,ehd->bte", attn, layer.o)
+    if layer.attn_post_norm is not None:
+        h = rms_norm(h, layer.attn_post_norm, eps)
+    x = x + h
+
+    h = rms_norm(x, layer.mlp_norm, eps)
+    gate = jnp.einsum("bte,fe->btf", h, layer.gate)
+    up = jnp.einsum("bte,fe->btf", h, layer.up)
+    h = jnp.einsum("btf,ef->bte", _activation(config, gate) * up, layer.down)
+    if layer.mlp_post_norm is not None:
+        h = rms_norm(h, layer.mlp_post_norm, eps)
+    return x + h, k_cache, v_cache
+
+
+def forward(
+    params: TransformerParams,
+    tokens: jax.Array,
+    positions: jax.Array,
+    cache: KVCache,
+    *,
+    config: ModelConfig,
+    write_slots: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    capture_layers: tuple[int, ...] = (),
+) -> ForwardOutput:
+    """Runs T new tokens per row against the cache and returns the updated cache.
+
+    tokens, positions: int32[B, T]. write_slots: int32[B, T], the cache slot each token's key/value goes
+    to (default: its position; a slot >= cache.size drops the write, used for padding). mask: bool[B, T, S]
+    over cache slots *after* the write (default: causal by position); sliding-window layers additionally
+    restrict it to the last `sliding_window` positions. capture_layers: decoder layer indices whose
+    outputs are returned (layer i's output is HF's `hidden_states[i + 1]`).
+    """
+    write_slots = positions if write_slots is None else write_slots
+    cache_positions = cache.positions.at[jnp.arange(tokens.shape[0])[:, None], write_slots].set(
+        positions, mode="drop"
+    )
+    full_mask = causal_mask(cache_positions, positions) if mask is None else mask
+    if config.sliding_window:
+        in_window = positions[:, :, None] - cache_positions[:, None, :] < config.sliding_window
+        local_mask = full_mask & in_window
+    else:
+        local_mask = full_mask
+
+    global_freq = jnp.asarray(config.rope_global.inverse_frequencies(config.head_dim))
+    local_rope = config.rope_local or config.rope_global
+    local_freq = jnp.asarray(local_rope.inverse_frequencies(config.head_dim))
+
+    num_captured = len(capture_layers)
+    capture_index = np.full(config.num_layers, num_captured, np.int32)  # out of range = not captured
+    for i, layer_id in enumerate(capture_layers):
+        if not 0 <= layer_id < config.num_layers:
+            raise ValueError(f"capture layer {layer_id} outside 0..{config.num_layers - 1}")
+        capture_index[layer_id] = i
+
+    x = jnp.take(params.embed, tokens, axis=0)
+    x = (x * jnp.asarray(config.embed_scale, x.dtype)) if config.embed_scale != 1.0 else x
+    captured = jnp.zeros((num_captured, *x.shape), x.dtype)
+
+    def body(carry, xs):
+        x, captured = carry
+        layer, k_cache, v_cache, sliding, slot = xs
+        mask_l = jnp.where(sliding, local_mask, full_mask)
+        freq_l = jnp.where(sliding, local_freq, global_freq)
+        x, k_cache, v_cache = _layer(config, layer, x, k_cache, v_cache, positions, write_slots, mask_l, freq_l)
+        if num_captured:
+            captured = captured.at[slot].set(x, mode="drop")
+        return (x, captured), (k_cache, v_cache)
+
+    xs = (params.layers, cache.k, cache.v, jnp.asarray(config.sliding_layers), jnp.asarray(capture_index))
+    (x, captured), (k, v) = jax.lax.scan(body, (x, captured), xs)
+    hidden = rms_norm(x, params.final_norm, config.rms_norm_eps)
+    return ForwardOutput(hidden=hidden, captured=captured, cache=KVCache(k=k, v=v, positions=cache_positions))
+
+
+def logits(params: TransformerParams, hidden: jax.Array, *, config: ModelConfig) -> jax.Array:
+    """float32[..., V] from final-normed hidden states [..., E]."""
+    out = jnp.einsum("...e,ve->...v", hidden, params.head, preferred_element_type=jnp.float32)
+    if config.final_logit_softcap is not None:
+        out = jnp.tanh(out / config.final_logit_softcap) * config.final_logit_softcap
+    return out
