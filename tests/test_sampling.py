@@ -1,0 +1,50 @@
+"""Sampling filters against a direct NumPy computation, and sampled frequencies against the distribution."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dspark_jax.sampling import SamplingConfig, probabilities, sample
+
+
+def reference_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+    x = logits.astype(np.float64) / temperature
+    order = np.argsort(-x)
+    keep = np.zeros_like(x, dtype=bool)
+    candidates = order[:top_k] if top_k else order
+    p = np.exp(x[candidates] - x[candidates].max())
+    p /= p.sum()
+    mass_before = np.cumsum(p) - p
+    keep[candidates[mass_before < top_p]] = True
+    out = np.where(keep, np.exp(x - x.max()), 0.0)
+    return out / out.sum()
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.9, 12, 0.6), (2.0, 1, 1.0), (1.0, 0, 0.05)],
+)
+def test_probabilities_match_reference(temperature, top_k, top_p):
+    logits = np.random.default_rng(0).normal(size=(3, 50)).astype(np.float32) * 2
+    got = probabilities(jnp.asarray(logits), SamplingConfig(temperature, top_k, top_p))
+    for row in range(3):
+        np.testing.assert_allclose(got[row], reference_probs(logits[row], temperature, top_k, top_p), atol=1e-6)
+
+
+def test_greedy_is_one_hot_argmax():
+    logits = jnp.asarray([[0.1, 3.0, -1.0], [2.0, 0.0, 1.9]])
+    np.testing.assert_array_equal(probabilities(logits, SamplingConfig()), [[0, 1, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(sample(logits, jax.random.split(jax.random.key(0), 2), SamplingConfig()), [1, 0])
+
+
+def test_sampled_frequencies_follow_the_filtered_distribution():
+    config = SamplingConfig(temperature=0.8, top_k=6, top_p=0.9)
+    logits = jnp.asarray(np.random.default_rng(1).normal(size=(1, 10)), jnp.float32)
+    n = 40_000
+    draws = sample(jnp.repeat(logits, n, axis=0), jax.random.split(jax.random.key(0), n), config)
+    observed = np.bincount(np.asarray(draws), minlength=10) / n
+    expected = np.asarray(probabilities(logits, config)[0])
+    assert observed[expected == 0].sum() == 0  # filtered tokens never appear
+    # 4.5 standard errors per token: a wrong temperature or filter moves some token far more than this.
+    np.testing.assert_array_less(np.abs(observed - expected), 4.5 * np.sqrt(expected * (1 - expected) / n) + 1e-9)
