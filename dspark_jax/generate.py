@@ -143,16 +143,12 @@ class PreparedBatch:
     keys: jax.Array  # [B]
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+def pad_prompts(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
+                reserve: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Validates prompts and right-pads them to a bucketed width: (int32[B, T], int32[B] lengths).
 
-
-def prepare(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
-            seed: int = 0) -> PreparedBatch:
-    """Validates prompts and pads them to a bucketed width, before anything is compiled.
-
-    Widths and cache sizes are rounded up to powers of two / multiples of 128 so that similar requests
-    reuse compiled code.
+    `reserve` is extra context the decoding loop needs beyond prompt + max_new_tokens (draft-tree scratch
+    slots). The width is a power of two (>= 16) so that similar requests reuse compiled code.
     """
     if not prompts:
         raise ValueError("no prompts given: pass at least one prompt")
@@ -160,10 +156,12 @@ def prepare(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: Ge
     if min(lengths) == 0:
         raise ValueError(f"prompt {lengths.index(0)} is empty: every prompt needs at least one token")
     longest = max(lengths)
-    if longest + generation.max_new_tokens > model.max_position:
+    if longest + generation.max_new_tokens + reserve > model.max_position:
         raise ValueError(
-            f"a prompt of {longest} tokens plus max_new_tokens={generation.max_new_tokens} exceeds the "
-            f"model's context of {model.max_position} tokens: shorten the prompt or lower max_new_tokens"
+            f"a prompt of {longest} tokens plus max_new_tokens={generation.max_new_tokens}"
+            + (f" plus {reserve} draft slots" if reserve else "")
+            + f" exceeds the model's context of {model.max_position} tokens: shorten the prompt or lower "
+            "max_new_tokens"
         )
     for i, p in enumerate(prompts):
         bad = [t for t in p if not 0 <= t < model.vocab_size]
@@ -173,9 +171,23 @@ def prepare(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: Ge
     prompt = np.full((len(prompts), width), model.pad_token_id, np.int32)
     for i, p in enumerate(prompts):
         prompt[i, : len(p)] = p
-    cache_size = _round_up(width + generation.max_new_tokens, 128)
+    return prompt, np.asarray(lengths, np.int32)
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def prepare(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
+            seed: int = 0) -> PreparedBatch:
+    """Validates and pads the prompts and sizes the loop, before anything is compiled.
+
+    The cache size is a multiple of 128 so that similar requests reuse compiled code.
+    """
+    prompt, lengths = pad_prompts(model, prompts, generation)
+    cache_size = round_up(prompt.shape[1] + generation.max_new_tokens, 128)
     keys = jax.random.split(jax.random.key(seed), len(prompts))
-    return PreparedBatch(Decoder(model, generation, cache_size), prompt, np.asarray(lengths, np.int32), keys)
+    return PreparedBatch(Decoder(model, generation, cache_size), prompt, lengths, keys)
 
 
 def _rows(state: DecodeState) -> list[list[int]]:

@@ -61,3 +61,28 @@ def causal_mask(cache_positions: jax.Array, query_positions: jax.Array) -> jax.A
     cache_positions: int32[B, S]; query_positions: int32[B, T].
     """
     return cache_positions[:, None, :] <= query_positions[:, :, None]
+
+
+def keep_path(cache: KVCache, anchor_position: jax.Array, path: jax.Array, num_accepted: jax.Array) -> KVCache:
+    """Compacts a verified tree so the cache equals plain decoding of the accepted tokens.
+
+    The verifier parked tree node i in slot anchor_position + i. The accepted path (node indices
+    path[:, j], j <= num_accepted) moves to slots anchor_position + j, and every other slot at or beyond
+    the anchor is freed. anchor_position, num_accepted: int32[B]; path: int32[B, D + 1].
+    """
+    batch, span = path.shape
+    steps = jnp.arange(span, dtype=jnp.int32)[None, :]
+    source = anchor_position[:, None] + path  # [B, D + 1]
+    target = jnp.where(steps <= num_accepted[:, None], anchor_position[:, None] + steps, cache.size)
+    rows = jnp.arange(batch)[:, None]
+
+    def move(kv: jax.Array) -> jax.Array:  # [L, B, S, KVH, D]
+        moved = kv[:, rows, jnp.minimum(source, cache.size - 1)]  # [L, B, D + 1, KVH, D]
+        return kv.at[:, rows, target].set(moved, mode="drop")
+
+    last_kept = anchor_position + num_accepted
+    # By slot, not position: an unaccepted sibling has a position the accepted path also reaches.
+    scratch = jnp.arange(cache.size)[None, :] > last_kept[:, None]
+    positions = jnp.where(scratch, EMPTY_POSITION, cache.positions)
+    positions = positions.at[rows, target].set(anchor_position[:, None] + steps, mode="drop")
+    return KVCache(k=move(cache.k), v=move(cache.v), positions=positions)

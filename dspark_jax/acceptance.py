@@ -1,0 +1,95 @@
+"""Lossless acceptance of a draft tree: the longest path the target agrees with, plus one target token.
+
+One rule serves greedy and sampling, chains and trees (DESIGN.md §2). At a node with target distribution
+p, the children are tried in order; child x proposed from q is accepted with probability min(1, p(x)/q(x)),
+and on rejection p becomes normalize(max(0, p - q)) before the next sibling. A deterministic proposal has
+one-hot q, which gives the sibling rule "accept with p(x), else zero p(x) and renormalise". When no child
+is accepted (or the path ends) the bonus token is drawn from what is left of p. Greedy decoding is the
+special case of one-hot p (the target's argmax): acceptance is then exact match and the bonus is the argmax,
+so greedy output equals the target's own token for token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from dspark_jax.tree import TreeTemplate
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Acceptance:
+    path: jax.Array  # int32[B, D + 1]: accepted node indices, path[:, 0] = 0 (anchor); padded with the last
+    num_accepted: jax.Array  # int32[B]: accepted draft tokens (0..D)
+    bonus: jax.Array  # int32[B]: the target's own token after the accepted path
+
+
+def _take(table: jax.Array, index: jax.Array) -> jax.Array:
+    """table: [B, K, ...]; index: int[B] → [B, ...]."""
+    return jnp.take_along_axis(table, index[:, None, *([None] * (table.ndim - 2))], axis=1)[:, 0]
+
+
+def _token_prob(probs: jax.Array, tokens: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(probs, tokens[:, None], axis=1)[:, 0]
+
+
+def sample_from(probs: jax.Array, uniforms: jax.Array) -> jax.Array:
+    """int32[B]: inverse-CDF draw from each row of probs [B, V] with uniforms [B] in [0, 1).
+
+    Exact for one-hot rows, so greedy needs no special case.
+    """
+    cdf = jnp.cumsum(probs, axis=-1)
+    threshold = uniforms[:, None] * cdf[:, -1:]
+    # Zero-probability tokens never win: the count of cdf entries <= threshold skips them.
+    return jnp.minimum(jnp.sum(cdf <= threshold, axis=-1), probs.shape[-1] - 1).astype(jnp.int32)
+
+
+def accept(template: TreeTemplate, target_probs: jax.Array, node_tokens: jax.Array,
+           main_draft_probs: jax.Array | None, key: jax.Array) -> Acceptance:
+    """Walks the tree from the anchor.
+
+    target_probs: float32[B, N, V], the target's (filtered) distribution at every node (one-hot when greedy).
+    node_tokens: int32[B, N], the token of every node (node 0, the anchor, is not tested).
+    main_draft_probs: float32[B, D, V], the distribution each main-chain token was sampled from, or None
+      when every node is a deterministic proposal (one-hot q).
+    key: one PRNG key for the whole batch.
+    """
+    batch, _, vocab = target_probs.shape
+    acceptance_key, bonus_key = jax.random.split(key)
+    uniforms = jax.random.uniform(acceptance_key, (batch, template.depth, template.width))
+    has_children = jnp.asarray(template.has_children)
+
+    current = jnp.zeros(batch, jnp.int32)
+    alive = jnp.ones(batch, bool)
+    residual = target_probs[:, 0]
+    path = [current]
+    for d in range(1, template.depth + 1):
+        expanding = alive & has_children[current]
+        chosen = jnp.zeros(batch, jnp.int32)
+        found = jnp.zeros(batch, bool)
+        for w in range(template.width):
+            node = template.node(d, w)
+            token = node_tokens[:, node]
+            if w == 0 and main_draft_probs is not None:
+                q = main_draft_probs[:, d - 1]
+            else:
+                q = jax.nn.one_hot(token, vocab, dtype=residual.dtype)
+            trying = expanding & ~found
+            ok = trying & (uniforms[:, d - 1, w] * _token_prob(q, token) < _token_prob(residual, token))
+            leftover = jnp.maximum(residual - q, 0.0)
+            total = jnp.sum(leftover, axis=-1, keepdims=True)
+            leftover = jnp.where(total > 0, leftover / jnp.where(total > 0, total, 1.0), residual)
+            residual = jnp.where((trying & ~ok)[:, None], leftover, residual)
+            chosen = jnp.where(ok, node, chosen)
+            found = found | ok
+        current = jnp.where(found, chosen, current)
+        residual = jnp.where(found[:, None], _take(target_probs, current), residual)
+        alive = found
+        path.append(current)
+    path = jnp.stack(path, axis=1)
+    num_accepted = jnp.sum(path[:, 1:] != path[:, :-1], axis=1).astype(jnp.int32)
+    bonus = sample_from(residual, jax.random.uniform(bonus_key, (batch,)))
+    return Acceptance(path=path, num_accepted=num_accepted, bonus=bonus)

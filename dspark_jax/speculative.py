@@ -1,0 +1,231 @@
+"""Speculative decoding: prefill, then draft → verify → accept inside one jitted `lax.while_loop`.
+
+`SpecDecoder` is the frozen loop object (static argument of the jit); `SpecState` the immutable pytree it
+carries. Each step the proposer drafts a static tree (a chain is the 1 x γ tree), the target verifies all
+its nodes in one forward pass under the tree mask, `acceptance.accept` picks the longest agreed path plus a
+bonus token, and the target's KV cache is compacted so rejected nodes vanish. Every row accepts its own
+number of tokens and stops on its own; shapes never depend on acceptance, so one compilation serves a
+whole generation and no step returns to the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dspark_jax.acceptance import accept
+from dspark_jax.generate import GenerationConfig, pad_prompts, round_up
+from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.kv_cache import KVCache, keep_path
+from dspark_jax.models.params import TransformerParams
+from dspark_jax.models.transformer import forward, logits
+from dspark_jax.proposers.base import DraftContext, Prefilled, Proposer, Verified
+from dspark_jax.sampling import probabilities, sample
+from dspark_jax.tree import TreeTemplate, verify_mask, verify_positions
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SpecState:
+    cache: KVCache
+    proposer_state: Any
+    history: jax.Array  # int32[B, H]: prompt then generated tokens; the newest one is the next anchor
+    length: jax.Array  # int32[B]: tokens in history
+    prompt_lengths: jax.Array  # int32[B]
+    done: jax.Array  # bool[B]
+    key: jax.Array  # PRNG key
+    steps: jax.Array  # int32[]: verify steps so far
+    accepted: jax.Array  # int32[B, max_new_tokens]: draft tokens accepted per step, -1 where the row idled
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecDecoder:
+    """Static description of one speculative generation; hashable, so it keys the jit caches."""
+
+    model: ModelConfig
+    proposer: Proposer
+    template: TreeTemplate
+    generation: GenerationConfig
+    cache_size: int
+    history_size: int
+
+    def prefill(self, params: TransformerParams, proposer_params: Any, prompt: jax.Array,
+                prompt_lengths: jax.Array, key: jax.Array) -> SpecState:
+        """prompt: int32[B, T] right-padded; prompt_lengths: int32[B]. Samples the first token."""
+        batch, width = prompt.shape
+        positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
+        write_slots = jnp.where(positions < prompt_lengths[:, None], positions, self.cache_size)
+        cache = KVCache.empty(self.model, batch, self.cache_size, params.embed.dtype)
+        out = forward(params, prompt, positions, cache, config=self.model, write_slots=write_slots,
+                      capture_layers=self.proposer.capture_layers)
+        last_hidden = jnp.take_along_axis(out.hidden, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+        first_key, proposer_key, key = jax.random.split(key, 3)
+        del proposer_key
+        first = sample(logits(params, last_hidden, config=self.model), jax.random.split(first_key, batch),
+                       self.generation.sampling)
+        rows = jnp.arange(batch)
+        history = jnp.zeros((batch, self.history_size), jnp.int32).at[:, :width].set(prompt)
+        history = history.at[rows, prompt_lengths].set(first)
+        prefilled = Prefilled(prompt=prompt, prompt_lengths=prompt_lengths, features=out.captured)
+        return SpecState(
+            cache=out.cache,
+            proposer_state=self.proposer.init(proposer_params, prefilled, self.cache_size),
+            history=history,
+            length=prompt_lengths + 1,
+            prompt_lengths=prompt_lengths,
+            done=self._is_stop(first) | (self.generation.max_new_tokens <= 1),
+            key=key,
+            steps=jnp.zeros((), jnp.int32),
+            accepted=jnp.full((batch, self.generation.max_new_tokens), -1, jnp.int32),
+        )
+
+    def _is_stop(self, tokens: jax.Array) -> jax.Array:
+        return jnp.isin(tokens, jnp.asarray(self.generation.stop_tokens or (-1,), jnp.int32))
+
+    def step(self, params: TransformerParams, proposer_params: Any, state: SpecState) -> SpecState:
+        template, batch = self.template, state.length.shape[0]
+        draft_key, accept_key, key = jax.random.split(state.key, 3)
+        context = DraftContext(history=state.history, length=state.length, done=state.done)
+        draft, proposer_state = self.proposer.propose(proposer_params, state.proposer_state, context, template,
+                                                      self.generation.sampling, draft_key)
+
+        # Verify every node in one target pass; node i is parked in slot anchor + i.
+        anchor_position = context.anchor_position
+        node_tokens = jnp.concatenate([context.anchor[:, None], draft.tokens.reshape(batch, -1)], axis=1)
+        slots = anchor_position[:, None] + jnp.arange(template.num_nodes, dtype=jnp.int32)[None, :]
+        out = forward(params, node_tokens, verify_positions(template, anchor_position), state.cache,
+                      config=self.model, write_slots=jnp.where(state.done[:, None], self.cache_size, slots),
+                      mask=verify_mask(template, anchor_position, state.cache.positions),
+                      capture_layers=self.proposer.capture_layers)
+        target_probs = probabilities(logits(params, out.hidden, config=self.model), self.generation.sampling)
+        result = accept(template, target_probs, node_tokens, draft.main_probs, accept_key)
+        num_accepted = jnp.where(state.done, 0, result.num_accepted)
+        cache = keep_path(out.cache, anchor_position, result.path, num_accepted)
+
+        # Emit the accepted tokens and the bonus, cut at the first stop token and at the budget.
+        path_tokens = jnp.take_along_axis(node_tokens, result.path, axis=1)  # [B, D + 1], anchor first
+        offsets = jnp.arange(template.depth + 1, dtype=jnp.int32)[None, :]
+        emitted = jnp.where(offsets < num_accepted[:, None], jnp.roll(path_tokens, -1, axis=1),
+                            result.bonus[:, None])
+        count = num_accepted + 1
+        stops = self._is_stop(emitted) & (offsets < count[:, None])
+        count = jnp.where(jnp.any(stops, axis=1), jnp.argmax(stops, axis=1) + 1, count)
+        budget = self.generation.max_new_tokens - (state.length - state.prompt_lengths)
+        count = jnp.where(state.done, 0, jnp.minimum(count, budget))
+        rows = jnp.arange(batch)[:, None]
+        write_at = jnp.where(offsets < count[:, None], state.length[:, None] + offsets, self.history_size)
+        history = state.history.at[rows, write_at].set(emitted, mode="drop")
+        length = state.length + count
+        done = state.done | jnp.any(stops, axis=1) | (length - state.prompt_lengths >= self.generation.max_new_tokens)
+
+        features = jnp.take_along_axis(out.captured, result.path[None, :, :, None], axis=2)
+        verified = Verified(tokens=path_tokens, num_accepted=num_accepted, anchor_position=anchor_position,
+                            features=features, done=state.done)
+        accepted = state.accepted.at[:, state.steps].set(jnp.where(state.done, -1, num_accepted), mode="drop")
+        return SpecState(
+            cache=cache,
+            proposer_state=self.proposer.update(proposer_params, proposer_state, verified),
+            history=history,
+            length=length,
+            prompt_lengths=state.prompt_lengths,
+            done=done,
+            key=key,
+            steps=state.steps + 1,
+            accepted=accepted,
+        )
+
+    def run(self, params: TransformerParams, proposer_params: Any, state: SpecState) -> SpecState:
+        return jax.lax.while_loop(lambda s: jnp.any(~s.done), functools.partial(self.step, params, proposer_params),
+                                  state)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _generate(decoder: SpecDecoder, params, proposer_params, prompt, prompt_lengths, key) -> SpecState:
+    return decoder.run(params, proposer_params, decoder.prefill(params, proposer_params, prompt, prompt_lengths, key))
+
+
+_prefill = jax.jit(SpecDecoder.prefill, static_argnums=0)
+_run = jax.jit(SpecDecoder.run, static_argnums=0, donate_argnums=3)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecStats:
+    """Per-row acceptance record of one generation, plus timing."""
+
+    accepted: np.ndarray  # int32[B, steps]: draft tokens accepted at each verify step, -1 when idle
+    depth: int  # draft depth γ
+    prefill_seconds: float
+    decode_seconds: float
+
+    @property
+    def target_steps(self) -> int:
+        """Verify passes of the target (the prefill excluded)."""
+        return int(self.accepted.shape[1])
+
+    @property
+    def acceptance_lengths(self) -> np.ndarray:
+        """Accepted draft tokens of every (row, step) that verified something."""
+        return self.accepted[self.accepted >= 0]
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens produced per verify step, counting the target's bonus token (so tau >= 1)."""
+        return float(np.mean(self.acceptance_lengths + 1))
+
+    @property
+    def accept_rate_by_position(self) -> np.ndarray:
+        """float[γ]: P(draft token k accepted | tokens before k accepted), k = 1..γ."""
+        lengths = self.acceptance_lengths
+        reached = np.array([np.sum(lengths >= k - 1) for k in range(1, self.depth + 1)])
+        passed = np.array([np.sum(lengths >= k) for k in range(1, self.depth + 1)])
+        return passed / np.maximum(reached, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecResult:
+    tokens: list[list[int]]  # generated ids per prompt (stop token included)
+    stats: SpecStats
+
+
+def prepare(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
+            proposer: Proposer, template: TreeTemplate) -> tuple[SpecDecoder, np.ndarray, np.ndarray]:
+    """Validates and pads the request and sizes the loop, before anything is compiled."""
+    prompt, lengths = pad_prompts(model, prompts, generation, reserve=template.num_nodes)
+    width = prompt.shape[1]
+    cache_size = round_up(width + generation.max_new_tokens + template.num_nodes, 128)
+    history_size = width + generation.max_new_tokens + template.depth + 1
+    return SpecDecoder(model, proposer, template, generation, cache_size, history_size), prompt, lengths
+
+
+def speculative_generate(params: TransformerParams, model: ModelConfig, prompts: Sequence[Sequence[int]],
+                         generation: GenerationConfig, proposer: Proposer, proposer_params: Any = None,
+                         template: TreeTemplate = TreeTemplate(), seed: int = 0,
+                         split_timing: bool = False) -> SpecResult:
+    """Generated tokens per prompt and acceptance statistics.
+
+    By default the whole generation is one device call. `split_timing=True` runs prefill and the decode
+    loop as two calls (still no host round trip per step) so their wall times can be reported apart.
+    """
+    decoder, prompt, lengths = prepare(model, prompts, generation, proposer, template)
+    key = jax.random.key(seed)
+    start = time.perf_counter()
+    if split_timing:
+        state = jax.block_until_ready(_prefill(decoder, params, proposer_params, prompt, lengths, key))
+        prefill_done = time.perf_counter()
+        state = jax.block_until_ready(_run(decoder, params, proposer_params, state))
+    else:
+        state = jax.block_until_ready(_generate(decoder, params, proposer_params, prompt, lengths, key))
+        prefill_done = start
+    end = time.perf_counter()
+    history, length, accepted, steps = jax.device_get((state.history, state.length, state.accepted, state.steps))
+    tokens = [row[p:n].tolist() for row, p, n in zip(history, lengths, length)]
+    stats = SpecStats(accepted=accepted[:, :steps], depth=template.depth,
+                      prefill_seconds=prefill_done - start, decode_seconds=end - prefill_done)
+    return SpecResult(tokens=tokens, stats=stats)
