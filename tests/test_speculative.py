@@ -1,0 +1,185 @@
+"""Speculative engine on tiny random models: lossless greedy and sampling, KV compaction, one compilation."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+from tiny_models import tiny_config
+
+from dspark_jax import speculative
+from dspark_jax.generate import GenerationConfig, generate
+from dspark_jax.models.kv_cache import EMPTY_POSITION, KVCache
+from dspark_jax.models.params import init_params
+from dspark_jax.models.transformer import forward
+from dspark_jax.proposers.draft_model import DraftModelProposer
+from dspark_jax.proposers.ngram import NgramProposer
+from dspark_jax.sampling import SamplingConfig
+from dspark_jax.speculative import SpecStats, speculative_generate
+from dspark_jax.tree import TreeTemplate
+
+PROMPTS = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [9],
+           [40, 41, 40]]
+
+
+def truncated(params, config, layers: int):
+    """The first `layers` layers of the target: a cheap draft model that agrees with it often."""
+    small = config.replace(num_layers=layers, layer_types=config.layer_types[:layers])
+    return small, dataclasses.replace(params, layers=jax.tree.map(lambda a: a[:layers], params.layers))
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def model(request):
+    config = tiny_config(request.param)
+    return config, init_params(config, jax.random.key(0), std=0.3)
+
+
+def proposers(config, params):
+    draft_config, draft_params = truncated(params, config, 2)
+    return {"ngram": (NgramProposer(), None), "model": (DraftModelProposer(draft_config), draft_params)}
+
+
+@pytest.mark.parametrize("template", [TreeTemplate(1, 4), TreeTemplate(3, 3)], ids=str)
+@pytest.mark.parametrize("name", ["ngram", "model"])
+def test_greedy_is_lossless(model, name, template):
+    config, params = model
+    generation = GenerationConfig(max_new_tokens=20)
+    proposer, proposer_params = proposers(config, params)[name]
+    expected = generate(params, config, PROMPTS, generation)
+    result = speculative_generate(params, config, PROMPTS, generation, proposer, proposer_params, template)
+    assert result.tokens == expected
+    single = speculative_generate(params, config, PROMPTS[1:2], generation, proposer, proposer_params, template)
+    assert single.tokens == expected[1:2]
+
+
+def test_acceptance_is_real(model):
+    """A draft equal to the target accepts everything; the n-gram drafter accepts on repetitive text."""
+    config, params = model
+    generation = GenerationConfig(max_new_tokens=20)
+    perfect = speculative_generate(params, config, PROMPTS, generation, DraftModelProposer(config), params,
+                                   TreeTemplate(1, 4))
+    assert perfect.stats.tau > 4.0  # 5 per full step; only the budget cuts the last step short
+    np.testing.assert_array_equal(perfect.stats.accept_rate_by_position, 1.0)
+    repeat = [[3, 4, 5, 6, 7] * 6]
+    ngram = speculative_generate(params, config, repeat, generation, NgramProposer(), None, TreeTemplate(1, 4))
+    copied = generate(params, config, repeat, generation)
+    assert ngram.tokens == copied
+    assert ngram.stats.target_steps < 20
+
+
+def test_stop_tokens_and_budgets_per_row():
+    config = tiny_config("llama")
+    params = init_params(config, jax.random.key(0), std=0.3)
+    free = generate(params, config, PROMPTS, GenerationConfig(max_new_tokens=16))
+    stop = free[1][5]
+    generation = GenerationConfig(max_new_tokens=16, stop_tokens=(stop,))
+    expected = generate(params, config, PROMPTS, generation)
+    assert len(expected[1]) <= 6 and any(len(row) == 16 for row in expected)
+    draft_config, draft_params = truncated(params, config, 2)
+    result = speculative_generate(params, config, PROMPTS, generation, DraftModelProposer(draft_config),
+                                  draft_params, TreeTemplate(2, 3))
+    assert result.tokens == expected
+
+
+def test_stats_by_hand():
+    accepted = np.array([[3, 0, 2, -1], [1, 1, -1, -1]])
+    s = SpecStats(accepted=accepted, depth=3, prefill_seconds=0.0, decode_seconds=1.0)
+    assert s.target_steps == 4
+    assert s.tau == pytest.approx(np.mean([4, 1, 3, 2, 2]))
+    # position 1: 4 of 5 steps accepted it; position 2: 2 of those 4; position 3: 1 of those 2.
+    np.testing.assert_allclose(s.accept_rate_by_position, [4 / 5, 2 / 4, 1 / 2])
+
+
+def test_partial_accept_leaves_the_cache_of_plain_decoding():
+    config = tiny_config("gemma3")
+    params = init_params(config, jax.random.key(0), std=0.3)
+    # A noisy copy of the target: it agrees for a few tokens, then diverges.
+    noise = init_params(config, jax.random.key(1), std=0.3)
+    draft_params = jax.tree.map(lambda a, b: a + 0.6 * b, params, noise)
+    decoder, prompt, lengths = speculative.prepare(config, PROMPTS, GenerationConfig(max_new_tokens=40),
+                                                   DraftModelProposer(config), TreeTemplate(2, 4))
+    state = decoder.prefill(params, draft_params, prompt, lengths, jax.random.key(0))
+    step = jax.jit(decoder.step)
+    for _ in range(6):  # step until some row accepts part of its draft
+        state = step(params, draft_params, state)
+        accepted = np.asarray(state.accepted[:, int(state.steps) - 1])
+        if np.any((accepted > 0) & (accepted < 4)):
+            break
+    assert np.any((accepted > 0) & (accepted < 4)), accepted
+    committed = np.asarray(state.length) - 1  # the newest token is the anchor, not yet cached
+    width = int(committed.max())
+    plain = forward(params, state.history[:, :width], jnp.broadcast_to(jnp.arange(width), (4, width)),
+                    KVCache.empty(config, 4, decoder.cache_size), config=config,
+                    write_slots=jnp.where(jnp.arange(width)[None] < committed[:, None], jnp.arange(width),
+                                          decoder.cache_size)).cache
+    live = ~np.asarray(state.done)  # a finished row's cache is never read again
+    assert live.sum() >= 3
+    for row, n in enumerate(committed):
+        if not live[row]:
+            continue
+        np.testing.assert_array_equal(state.cache.positions[row, :n], np.arange(n))
+        assert np.all(np.asarray(state.cache.positions[row, n:]) == EMPTY_POSITION)
+        np.testing.assert_allclose(state.cache.k[:, row, :n], plain.k[:, row, :n], atol=1e-5)
+        np.testing.assert_allclose(state.cache.v[:, row, :n], plain.v[:, row, :n], atol=1e-5)
+
+
+def test_one_compilation_whatever_the_acceptance(monkeypatch):
+    config = tiny_config("llama")
+    params = init_params(config, jax.random.key(0), std=0.3)
+    traces = []
+    original = speculative.SpecDecoder.step
+    monkeypatch.setattr(speculative.SpecDecoder, "step", lambda *a: traces.append(1) or original(*a))
+    speculative._generate.clear_cache()
+    generation = GenerationConfig(max_new_tokens=20)
+    proposer = DraftModelProposer(config)  # same static loop; only the draft weights differ
+    noisy = jax.tree.map(lambda a, b: a + 0.6 * b, params, init_params(config, jax.random.key(1), std=0.3))
+    perfect = speculative_generate(params, config, PROMPTS, generation, proposer, params, TreeTemplate(1, 4))
+    poor = speculative_generate(params, config, PROMPTS, generation, proposer, noisy, TreeTemplate(1, 4))
+    assert perfect.stats.target_steps < poor.stats.target_steps
+    assert len(traces) == 1
+
+
+def first_tokens(rows, count):
+    return np.array([row[:count] for row in rows])
+
+
+def test_sampling_matches_plain_sampling(monkeypatch):
+    """Tokens 2 and 3 (the first ones speculation produces) over 3000 independent rows: a two-sample
+    chi-square test against plain sampling passes, and fails once the draft's q is distorted."""
+    config = tiny_config("qwen3")
+    params = init_params(config, jax.random.key(0), std=0.15)
+    draft_config, draft_params = truncated(params, config, 1)
+    sampling = SamplingConfig(temperature=1.0, top_k=8)
+    generation = GenerationConfig(max_new_tokens=3, sampling=sampling)
+    prompts = [[7, 3, 9, 1]] * 3000
+    plain = first_tokens(generate(params, config, prompts, generation, seed=1), 3)
+
+    def speculative_tokens():
+        result = speculative_generate(params, config, prompts, generation, DraftModelProposer(draft_config),
+                                      draft_params, TreeTemplate(2, 2), seed=2)
+        return first_tokens(result.tokens, 3), result.stats
+
+    def two_sample_p(a, b):
+        pairs = np.concatenate([a, b])[:, 1] * config.vocab_size + np.concatenate([a, b])[:, 2]
+        values, codes = np.unique(pairs, return_inverse=True)
+        table = np.stack([np.bincount(codes[: len(a)], minlength=len(values)),
+                          np.bincount(codes[len(a):], minlength=len(values))])
+        common = table.sum(0) >= 10  # pool rare outcomes so the chi-square approximation holds
+        table = np.concatenate([table[:, common], table[:, ~common].sum(1, keepdims=True)], axis=1)
+        return stats.chi2_contingency(table).pvalue
+
+    good, good_stats = speculative_tokens()
+    assert 1.3 < good_stats.tau < 3.0  # drafts are partly accepted, so both paths of the rule are exercised
+    assert two_sample_p(plain, good) > 1e-3
+
+    original = speculative.accept
+    def distorted(template, target_probs, node_tokens, main_probs, key):
+        sharpened = main_probs**4 / jnp.sum(main_probs**4, axis=-1, keepdims=True)
+        return original(template, target_probs, node_tokens, sharpened, key)
+    monkeypatch.setattr(speculative, "accept", distorted)
+    speculative._generate.clear_cache()
+    bad, _ = speculative_tokens()
+    speculative._generate.clear_cache()
+    assert two_sample_p(plain, bad) < 1e-6
