@@ -1,0 +1,3 @@
+from dspark_jax.cli import main
+
+main()
