@@ -62,8 +62,8 @@ def main() -> None:
     parser.add_argument("--reference-only", action="store_true", help="time XLA only (works without a GPU)")
     args = parser.parse_args()
 
-    probe = jnp.zeros((1, 1, HEADS, HEAD_DIM), jnp.bfloat16)
-    reason = attention.kernel_unavailable_reason(probe, probe, probe)
+    q, k, _, _ = operands(1, 1, min(args.slots))
+    reason = attention.kernel_unavailable_reason(q, k, k)
     if reason is not None and not args.reference_only:
         sys.exit(f"refusing to benchmark the Pallas kernels on {jax.devices()[0].device_kind}: {reason}. "
                  "Run on an H100/H200, or pass --reference-only to time XLA alone.")  # fmt: skip

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dspark_jax.kernels.attention_reference import attention
+from dspark_jax.kernels.attention import attention
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.kv_cache import KVCache, causal_mask
 from dspark_jax.models.params import LayerParams, TransformerParams
