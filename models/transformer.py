@@ -49,6 +49,21 @@ def _activation(config: ModelConfig, x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=True) if config.activation == "gelu_tanh" else jax.nn.silu(x)
 
 
+def _linear(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x: [B, T, in] times w: [out, in] → [B, T, out]."""
+    return jnp.einsum("bti,oi->bto", x, w)
+
+
+def _project_heads(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x: [B, T, E] times w: [N, D, E] → [B, T, N, D].
+
+    Computed as one 2-D matrix product over the flattened [N * D, E] weight (a free reshape): XLA:CPU runs
+    the head-split einsum several times slower than a plain matrix product.
+    """
+    heads, head_dim, embed = w.shape
+    return _linear(x, w.reshape(heads * head_dim, embed)).reshape(*x.shape[:2], heads, head_dim)
+
+
 def _layer(
     config: ModelConfig,
     layer: LayerParams,
@@ -63,9 +78,7 @@ def _layer(
     """One decoder layer. x: [B, T, E]; k_cache/v_cache: [B, S, KVH, D]; mask: bool[B, T, S]."""
     eps = config.rms_norm_eps
     h = rms_norm(x, layer.attn_norm, eps)
-    q = jnp.einsum("bte,hde->bthd", h, layer.q)
-    k = jnp.einsum("bte,hde->bthd", h, layer.k)
-    v = jnp.einsum("bte,hde->bthd", h, layer.v)
+    q, k, v = (_project_heads(h, w) for w in (layer.q, layer.k, layer.v))
     if layer.q_bias is not None:
         q, k, v = q + layer.q_bias, k + layer.k_bias, v + layer.v_bias
     if layer.q_norm is not None:
@@ -78,15 +91,13 @@ def _layer(
     v_cache = v_cache.at[rows, write_slots].set(v.astype(v_cache.dtype), mode="drop")
 
     attn = attention(q, k_cache, v_cache, mask, scale=config.scale, logit_softcap=config.attn_logit_softcap)
-    h = jnp.einsum("bthd,ehd->bte", attn, layer.o)
+    h = _linear(attn.reshape(*attn.shape[:2], -1), layer.o.reshape(layer.o.shape[0], -1))
     if layer.attn_post_norm is not None:
         h = rms_norm(h, layer.attn_post_norm, eps)
     x = x + h
 
     h = rms_norm(x, layer.mlp_norm, eps)
-    gate = jnp.einsum("bte,fe->btf", h, layer.gate)
-    up = jnp.einsum("bte,fe->btf", h, layer.up)
-    h = jnp.einsum("btf,ef->bte", _activation(config, gate) * up, layer.down)
+    h = _linear(_activation(config, _linear(h, layer.gate)) * _linear(h, layer.up), layer.down)
     if layer.mlp_post_norm is not None:
         h = rms_norm(h, layer.mlp_post_norm, eps)
     return x + h, k_cache, v_cache
