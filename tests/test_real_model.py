@@ -74,3 +74,20 @@ def test_speculative_greedy_equals_transformers(target, golden, template):
                                   NgramProposer(), None, template)
     np.testing.assert_array_equal(np.array(result.tokens), golden["generated"][:2, :32])
     assert result.stats.tau > 1.5  # the base model quotes its prompt back, which n-gram drafting catches
+
+
+def test_draft_model_speculation_equals_transformers(target, golden):
+    """An independent draft model: the first 6 of the target's 18 layers, as a separate model."""
+    import dataclasses
+
+    import jax
+
+    from dspark_jax.proposers.draft_model import DraftModelProposer
+
+    layers = 6
+    draft_config = target.config.replace(num_layers=layers, layer_types=target.config.layer_types[:layers])
+    draft_params = dataclasses.replace(target.params, layers=jax.tree.map(lambda a: a[:layers], target.params.layers))
+    result = speculative_generate(target.params, target.config, golden["prompts"][3:5],
+                                  GenerationConfig(max_new_tokens=16), DraftModelProposer(draft_config),
+                                  draft_params, TreeTemplate(2, 3))
+    np.testing.assert_array_equal(np.array(result.tokens), golden["generated"][3:5, :16])
