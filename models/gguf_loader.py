@@ -321,7 +321,7 @@ def _plan(header: GGUFHeader, config: ModelConfig) -> dict[str, list[GGUFTensor]
 def _stored_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """How GGUF stores a parameter of this shape: HF's 2-D layout, heads merged with head_dim."""
     field = key.split(".", 1)[-1]
-    axes = LayerParams.AXES[field][1:] if key.startswith("layers.") else TransformerParams.AXES[field]
+    axes = LayerParams.AXES[field] if key.startswith("layers.") else TransformerParams.AXES[field]
     merged: list[int] = []
     for i, (axis, n) in enumerate(zip(axes, shape)):
         if axis == "head_dim" and i and axes[i - 1] in ("heads", "kv_heads"):

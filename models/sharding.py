@@ -27,7 +27,7 @@ class ShardingRules:
     ffn: str | None = "model"
     embed: str | None = None
     head_dim: str | None = None
-    layers: str | None = None
+    layers: str | None = None  # the KV cache's leading axis
     cache_slots: str | None = None
 
     def spec(self, axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
@@ -57,7 +57,8 @@ def shard(tree, axes_tree, mesh: Mesh, rules: ShardingRules = ShardingRules()):
     def place(axes, array):
         return jax.device_put(array, NamedSharding(mesh, rules.spec(axes, array.shape, mesh)))
 
-    return jax.tree.map(place, axes_tree, tree, is_leaf=lambda x: isinstance(x, tuple))
+    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(name, str) for name in x)
+    return jax.tree.map(place, axes_tree, tree, is_leaf=is_axes)
 
 
 def shard_params(params: params_lib.TransformerParams, mesh: Mesh,

@@ -67,6 +67,7 @@ def _project_heads(x: jax.Array, w: jax.Array) -> jax.Array:
 def _layer(
     config: ModelConfig,
     layer: LayerParams,
+    index: int,
     x: jax.Array,
     k_cache: jax.Array,
     v_cache: jax.Array,
@@ -75,7 +76,11 @@ def _layer(
     mask: jax.Array,
     inv_freq: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One decoder layer. x: [B, T, E]; k_cache/v_cache: [B, S, KVH, D]; mask: bool[B, T, S]."""
+    """Decoder layer `index`. x: [B, T, E]; k_cache/v_cache: all layers, [L, B, S, KVH, D]; mask: bool[B, T, S].
+
+    The new keys/values are scattered straight into the full cache (in place under jit), so a step never
+    copies a layer's cache slice out and back.
+    """
     eps = config.rms_norm_eps
     h = rms_norm(x, layer.attn_norm, eps)
     q, k, v = (_project_heads(h, w) for w in (layer.q, layer.k, layer.v))
@@ -87,10 +92,11 @@ def _layer(
 
     rows = jnp.arange(x.shape[0])[:, None]
     # Slots past the cache end are dropped: callers route padding tokens there so they never land.
-    k_cache = k_cache.at[rows, write_slots].set(k.astype(k_cache.dtype), mode="drop")
-    v_cache = v_cache.at[rows, write_slots].set(v.astype(v_cache.dtype), mode="drop")
+    k_cache = k_cache.at[index, rows, write_slots].set(k.astype(k_cache.dtype), mode="drop")
+    v_cache = v_cache.at[index, rows, write_slots].set(v.astype(v_cache.dtype), mode="drop")
 
-    attn = attention(q, k_cache, v_cache, mask, scale=config.scale, logit_softcap=config.attn_logit_softcap)
+    attn = attention(q, k_cache[index], v_cache[index], mask, scale=config.scale,
+                     logit_softcap=config.attn_logit_softcap)
     h = _linear(attn.reshape(*attn.shape[:2], -1), layer.o.reshape(layer.o.shape[0], -1))
     if layer.attn_post_norm is not None:
         h = rms_norm(h, layer.attn_post_norm, eps)
@@ -137,29 +143,20 @@ def forward(
     local_rope = config.rope_local or config.rope_global
     local_freq = jnp.asarray(local_rope.inverse_frequencies(config.head_dim))
 
-    num_captured = len(capture_layers)
-    capture_index = np.full(config.num_layers, num_captured, np.int32)  # out of range = not captured
-    for i, layer_id in enumerate(capture_layers):
+    for layer_id in capture_layers:
         if not 0 <= layer_id < config.num_layers:
             raise ValueError(f"capture layer {layer_id} outside 0..{config.num_layers - 1}")
-        capture_index[layer_id] = i
 
     x = jnp.take(params.embed, tokens, axis=0)
     x = (x * jnp.asarray(config.embed_scale, x.dtype)) if config.embed_scale != 1.0 else x
-    captured = jnp.zeros((num_captured, *x.shape), x.dtype)
-
-    def body(carry, xs):
-        x, captured = carry
-        layer, k_cache, v_cache, sliding, slot = xs
-        mask_l = jnp.where(sliding, local_mask, full_mask)
-        freq_l = jnp.where(sliding, local_freq, global_freq)
-        x, k_cache, v_cache = _layer(config, layer, x, k_cache, v_cache, positions, write_slots, mask_l, freq_l)
-        if num_captured:
-            captured = captured.at[slot].set(x, mode="drop")
-        return (x, captured), (k_cache, v_cache)
-
-    xs = (params.layers, cache.k, cache.v, jnp.asarray(config.sliding_layers), jnp.asarray(capture_index))
-    (x, captured), (k, v) = jax.lax.scan(body, (x, captured), xs)
+    k, v = cache.k, cache.v
+    outputs = {}
+    for index, (layer, sliding) in enumerate(zip(params.layers, config.sliding_layers)):
+        x, k, v = _layer(config, layer, index, x, k, v, positions, write_slots,
+                         local_mask if sliding else full_mask, local_freq if sliding else global_freq)
+        if index in capture_layers:
+            outputs[index] = x
+    captured = jnp.stack([outputs[i] for i in capture_layers] or [x])[: len(capture_layers)]
     hidden = rms_norm(x, params.final_norm, config.rms_norm_eps)
     return ForwardOutput(hidden=hidden, captured=captured, cache=KVCache(k=k, v=v, positions=cache_positions))
 

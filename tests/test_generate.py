@@ -105,7 +105,7 @@ def test_sharded_equals_unsharded():
     expected = generate(params, config, PROMPTS, generation)
     for data, model_axis in [(1, 8), (2, 4)]:
         sharded = shard_params(params, make_mesh(data, model_axis))
-        assert len(sharded.layers.q.sharding.device_set) == data * model_axis
+        assert len(sharded.layers[0].q.sharding.device_set) == data * model_axis
         assert generate(sharded, config, PROMPTS, generation) == expected
 
 

@@ -196,7 +196,8 @@ def test_weights_round_trip(tmp_path, family):
     loaded_config, params = load_gguf(tmp_path / "m.gguf", progress=lambda done, total: calls.append((done, total)))
     assert loaded_config == gguf_config(tmp_path / "m.gguf")
     got = {"embed": params.embed, "final_norm": params.final_norm, "lm_head": params.lm_head}
-    got |= {f"layers.{k}": v for k, v in vars(params.layers).items()}
+    got |= {f"layers.{k}": np.stack([getattr(layer, k) for layer in params.layers])
+            for k, v in vars(params.layers[0]).items() if v is not None}
     got = {k: np.asarray(v) for k, v in got.items() if v is not None}
     assert got.keys() == expected.keys()
     for key in expected:
@@ -211,8 +212,9 @@ def test_bfloat16_load_and_forward(tmp_path):
     config = family_config("gemma3")
     expected = write_gguf(tmp_path / "m.gguf", config, random_arrays(config))
     _, params = load_gguf(tmp_path / "m.gguf", dtype=jnp.bfloat16)
-    assert params.layers.q.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(params.layers.gate, jnp.asarray(expected["layers.gate"], jnp.bfloat16))
+    assert params.layers[0].q.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(jnp.stack([layer.gate for layer in params.layers]),
+                                  jnp.asarray(expected["layers.gate"], jnp.bfloat16))
     tokens = jnp.arange(8)[None]
     out = forward(params, tokens, tokens, KVCache.empty(config, 1, 8, jnp.bfloat16), config=config)
     assert jnp.isfinite(logits(params, out.hidden, config=config)).all()

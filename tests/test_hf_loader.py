@@ -182,19 +182,19 @@ def test_weights_land_where_the_forward_pass_reads_them(family):
     config, params = load_hf_checkpoint(TINY_DATA / family)
     hf = tiny_tensors(family)
     h, d, e = config.num_heads, config.head_dim, config.hidden_size
-    np.testing.assert_array_equal(params.layers.q[1], hf["model.layers.1.self_attn.q_proj.weight"].reshape(h, d, e))
-    np.testing.assert_array_equal(params.layers.o[2], hf["model.layers.2.self_attn.o_proj.weight"].reshape(e, h, d))
-    np.testing.assert_array_equal(params.layers.down[0], hf["model.layers.0.mlp.down_proj.weight"])
+    np.testing.assert_array_equal(params.layers[1].q, hf["model.layers.1.self_attn.q_proj.weight"].reshape(h, d, e))
+    np.testing.assert_array_equal(params.layers[2].o, hf["model.layers.2.self_attn.o_proj.weight"].reshape(e, h, d))
+    np.testing.assert_array_equal(params.layers[0].down, hf["model.layers.0.mlp.down_proj.weight"])
     assert params.lm_head is None  # tied
     if family == "gemma3":  # (1 + w), and post_attention_layernorm is the attention's output norm
-        np.testing.assert_allclose(params.layers.attn_post_norm[1],
+        np.testing.assert_allclose(params.layers[1].attn_post_norm,
                                    1 + hf["model.layers.1.post_attention_layernorm.weight"])
-        np.testing.assert_allclose(params.layers.mlp_norm[1], 1 + hf["model.layers.1.pre_feedforward_layernorm.weight"])
-        np.testing.assert_allclose(params.layers.k_norm[0], 1 + hf["model.layers.0.self_attn.k_norm.weight"])
+        np.testing.assert_allclose(params.layers[1].mlp_norm, 1 + hf["model.layers.1.pre_feedforward_layernorm.weight"])
+        np.testing.assert_allclose(params.layers[0].k_norm, 1 + hf["model.layers.0.self_attn.k_norm.weight"])
         np.testing.assert_allclose(params.final_norm, 1 + hf["model.norm.weight"])
     else:
-        np.testing.assert_array_equal(params.layers.mlp_norm[1], hf["model.layers.1.post_attention_layernorm.weight"])
-        np.testing.assert_array_equal(params.layers.k_bias[2],
+        np.testing.assert_array_equal(params.layers[1].mlp_norm, hf["model.layers.1.post_attention_layernorm.weight"])
+        np.testing.assert_array_equal(params.layers[2].k_bias,
                                       hf["model.layers.2.self_attn.k_proj.bias"].reshape(config.num_kv_heads, d))
 
 

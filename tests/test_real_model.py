@@ -86,7 +86,7 @@ def test_draft_model_speculation_equals_transformers(target, golden):
 
     layers = 6
     draft_config = target.config.replace(num_layers=layers, layer_types=target.config.layer_types[:layers])
-    draft_params = dataclasses.replace(target.params, layers=jax.tree.map(lambda a: a[:layers], target.params.layers))
+    draft_params = dataclasses.replace(target.params, layers=target.params.layers[:layers])
     result = speculative_generate(target.params, target.config, golden["prompts"][3:5],
                                   GenerationConfig(max_new_tokens=16), DraftModelProposer(draft_config),
                                   draft_params, TreeTemplate(2, 3))

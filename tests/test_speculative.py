@@ -27,7 +27,7 @@ PROMPTS = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1
 def truncated(params, config, layers: int):
     """The first `layers` layers of the target: a cheap draft model that agrees with it often."""
     small = config.replace(num_layers=layers, layer_types=config.layer_types[:layers])
-    return small, dataclasses.replace(params, layers=jax.tree.map(lambda a: a[:layers], params.layers))
+    return small, dataclasses.replace(params, layers=params.layers[:layers])
 
 
 @pytest.fixture(scope="module", params=["llama", "gemma3"])

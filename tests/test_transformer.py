@@ -71,7 +71,7 @@ def test_capture_layers_returns_requested_layer_outputs():
     out = forward(params, tokens, positions, cache, config=config, capture_layers=(2, 0))
     assert out.captured.shape == (2, 1, 8, config.hidden_size)
     one_layer = config.replace(num_layers=1, layer_types=())
-    first_only = dataclasses.replace(params, layers=jax.tree.map(lambda a: a[:1], params.layers))
+    first_only = dataclasses.replace(params, layers=params.layers[:1])
     single = forward(first_only, tokens, positions, KVCache.empty(one_layer, 1, 16), config=one_layer,
                      capture_layers=(0,))
     np.testing.assert_allclose(out.captured[1], single.captured[0], atol=1e-6)
