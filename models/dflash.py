@@ -1,0 +1,138 @@
+"""DFlash drafter backbone: a parallel block drafter conditioned on fused hidden states of the target.
+
+A block is the anchor token x0 (the target's newest token) followed by γ - 1 mask tokens; slot i predicts
+the token at anchor position + 1 + i, so γ inputs give γ draft distributions in one pass (DeepSpec's
+variant: the anchor is the first prediction slot). The outputs of K target layers at every committed
+position are concatenated, projected by `fuse` and normalised; each draft layer turns that context into
+extra keys/values with its own projections. A block attends bidirectionally to itself and to the context
+strictly before its anchor, nothing else. Embedding and LM head are the target's, frozen and never stored
+here (DESIGN.md §3).
+
+Several blocks of one sequence share one context ([B, S] keys/values) and differ only in which context
+positions they may see: training packs many random anchors per sequence this way, inference uses one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.transformer import apply_rope
+
+
+@dataclasses.dataclass(frozen=True)
+class DrafterConfig:
+    target_layers: tuple[int, ...]  # target decoder layers whose outputs are fused (K of them)
+    hidden_size: int  # the target's, since embedding and head are shared
+    mask_token_id: int
+    block_size: int = 7  # γ
+    num_layers: int = 1
+    num_heads: int = 4
+    num_kv_heads: int = 1
+    head_dim: int = 64
+    intermediate_size: int = 1024
+    rope_theta: float = 10_000.0
+    rms_norm_eps: float = 1e-6
+
+    @classmethod
+    def for_target(cls, target: ModelConfig, *, num_layers: int = 1, block_size: int = 7, num_features: int = 5,
+                   **overrides) -> DrafterConfig:
+        """Sizes taken from the target; K layers spread over its depth, never the last (DESIGN.md §3)."""
+        # Qwen3-8B (36 layers): 1, 9, 17, 25, 33; Gemma 3 270M (18 layers): 1, 4, 8, 11, 15.
+        span, last_allowed = max(target.num_layers - 4, 0), max(target.num_layers - 2, 0)
+        layers = tuple(sorted({min(1 + i * span // max(num_features - 1, 1), last_allowed)
+                               for i in range(num_features)}))
+        fields = dict(target_layers=layers, hidden_size=target.hidden_size, mask_token_id=target.pad_token_id,
+                      block_size=block_size, num_layers=num_layers, num_heads=target.num_heads,
+                      num_kv_heads=target.num_kv_heads, head_dim=target.head_dim,
+                      intermediate_size=target.intermediate_size, rms_norm_eps=target.rms_norm_eps)
+        return cls(**(fields | overrides))
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        if self.block_size < 1 or self.num_layers < 1 or not self.target_layers:
+            raise ValueError("a drafter needs block_size >= 1, num_layers >= 1 and at least one target layer")
+
+
+class DraftLayer(nnx.Module):
+    def __init__(self, config: DrafterConfig, *, rngs: nnx.Rngs):
+        e, h, kv, d, f = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
+                          config.intermediate_size)
+        linear = lambda i, o: nnx.Linear(i, o, use_bias=False, rngs=rngs)
+        self.config = config
+        self.attn_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, rngs=rngs)
+        self.q, self.k, self.v, self.o = linear(e, h * d), linear(e, kv * d), linear(e, kv * d), linear(h * d, e)
+        self.mlp_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, rngs=rngs)
+        self.gate, self.up, self.down = linear(e, f), linear(e, f), linear(f, e)
+
+    def _heads(self, x: jax.Array, n: int) -> jax.Array:
+        return x.reshape(*x.shape[:-1], n, self.config.head_dim)
+
+    def keys_values(self, x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x: [B, S, E] (already normalised) at positions [B, S] → k, v: [B, S, KVH, D]."""
+        c = self.config
+        k = apply_rope(self._heads(self.k(x), c.num_kv_heads), positions, inv_freq)
+        return k, self._heads(self.v(x), c.num_kv_heads)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, context_k: jax.Array, context_v: jax.Array,
+                 context_visible: jax.Array, inv_freq: jax.Array) -> jax.Array:
+        """x: [B, N, γ, E] blocks at positions [B, N, γ]; context_k/v: [B, S, KVH, D];
+        context_visible: bool[B, N, S]."""
+        c = self.config
+        b, n, g, _ = x.shape
+        groups = c.num_heads // c.num_kv_heads
+        h = self.attn_norm(x)
+        flat = lambda a: a.reshape(b, n * g, *a.shape[3:])
+        q = apply_rope(self._heads(flat(self.q(h)), c.num_heads), flat(positions[..., None])[..., 0], inv_freq)
+        block_k, block_v = self.keys_values(flat(h), flat(positions[..., None])[..., 0], inv_freq)
+        q = q.reshape(b, n, g, c.num_kv_heads, groups, c.head_dim)
+        block_k = block_k.reshape(b, n, g, c.num_kv_heads, c.head_dim)
+        block_v = block_v.reshape(b, n, g, c.num_kv_heads, c.head_dim)
+        scale = c.head_dim**-0.5
+        ctx_scores = jnp.einsum("bnqkgd,bskd->bnkgqs", q, context_k, preferred_element_type=jnp.float32) * scale
+        ctx_scores = jnp.where(context_visible[:, :, None, None, None, :], ctx_scores, -jnp.inf)
+        blk_scores = jnp.einsum("bnqkgd,bnpkd->bnkgqp", q, block_k, preferred_element_type=jnp.float32) * scale
+        probs = jax.nn.softmax(jnp.concatenate([ctx_scores, blk_scores], axis=-1), axis=-1).astype(x.dtype)
+        ctx_probs, blk_probs = probs[..., : context_k.shape[1]], probs[..., context_k.shape[1]:]
+        attn = (jnp.einsum("bnkgqs,bskd->bnqkgd", ctx_probs, context_v)
+                + jnp.einsum("bnkgqp,bnpkd->bnqkgd", blk_probs, block_v))
+        x = x + self.o(attn.reshape(b, n, g, -1))
+        h = self.mlp_norm(x)
+        return x + self.down(jax.nn.silu(self.gate(h)) * self.up(h))
+
+
+class DFlashBackbone(nnx.Module):
+    def __init__(self, config: DrafterConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        e = config.hidden_size
+        self.fuse = nnx.Linear(len(config.target_layers) * e, e, use_bias=False, rngs=rngs)
+        self.fuse_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, rngs=rngs)
+        self.layers = nnx.List([DraftLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.final_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, rngs=rngs)
+
+    def _inv_freq(self) -> jax.Array:
+        d = self.config.head_dim
+        return 1.0 / (self.config.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+
+    def context(self, features: jax.Array, positions: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+        """Per draft layer, the context keys/values. features: [K, B, S, E] target layer outputs (K in
+        `target_layers` order); positions: int32[B, S]."""
+        fused = self.fuse_norm(self.fuse(jnp.concatenate(list(features), axis=-1)))
+        return [layer.keys_values(fused, positions, self._inv_freq()) for layer in self.layers]
+
+    def __call__(self, block_embeddings: jax.Array, block_positions: jax.Array,
+                 context: list[tuple[jax.Array, jax.Array]], context_visible: jax.Array) -> jax.Array:
+        """Final-normed hidden states [B, N, γ, E] of N blocks per row (logits = target head applied to them).
+
+        block_embeddings: [B, N, γ, E] (target embedding of anchor + mask tokens); block_positions: int32[B, N, γ];
+        context: from `context`; context_visible: bool[B, N, S], True where the block may see a context slot.
+        """
+        x = block_embeddings
+        for layer, (k, v) in zip(self.layers, context):
+            x = layer(x, block_positions, k, v, context_visible, self._inv_freq())
+        return self.final_norm(x)
