@@ -1,0 +1,119 @@
+"""DFlash and DSpark as proposers: one backbone pass drafts a whole block inside the jitted loop.
+
+The proposer keeps, per draft layer, the keys/values of the fused target context for every committed
+position (a fixed-size cache like the target's). `init` fills it from the target's prefill features,
+`update` appends the features of the verified path (anchor + accepted tokens), and `propose` runs the
+backbone once over [anchor, mask, ..., mask] and turns its hidden states into draft tokens: independently
+per slot for DFlash, left to right through the Markov head for DSpark (which also yields confidences).
+Embedding and LM head are the target's own arrays, passed in, never copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.dflash import DFlashBackbone, DrafterConfig
+from dspark_jax.models.dspark import DSparkHeads
+from dspark_jax.models.kv_cache import EMPTY_POSITION
+from dspark_jax.models.params import TransformerParams
+from dspark_jax.models.transformer import logits
+from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified, expand_candidates
+from dspark_jax.sampling import SamplingConfig
+from dspark_jax.tree import TreeTemplate
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class BlockDrafterParams:
+    backbone: nnx.State
+    heads: nnx.State | None  # None for DFlash
+    target: TransformerParams  # the target's weights: embedding and head are read, never stored twice
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ContextCache:
+    keys: list[jax.Array]  # per draft layer [B, S, KVH, D]
+    values: list[jax.Array]
+    positions: jax.Array  # int32[B, S], EMPTY_POSITION where free
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockDrafterProposer:
+    target: ModelConfig
+    drafter: DrafterConfig
+    backbone_def: nnx.GraphDef
+    heads_def: nnx.GraphDef | None = None
+
+    @property
+    def capture_layers(self) -> tuple[int, ...]:
+        return self.drafter.target_layers
+
+    def _context(self, params: BlockDrafterParams, features: jax.Array, positions: jax.Array):
+        return nnx.merge(self.backbone_def, params.backbone).context(features, positions)
+
+    def init(self, params: BlockDrafterParams, prefilled: Prefilled, cache_size: int) -> ContextCache:
+        batch, width = prefilled.prompt.shape
+        positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
+        kv = self._context(params, prefilled.features, positions)
+        c = self.drafter
+        empty = jnp.zeros((batch, cache_size, c.num_kv_heads, c.head_dim), kv[0][0].dtype)
+        cache = ContextCache(keys=[empty] * c.num_layers, values=[empty] * c.num_layers,
+                             positions=jnp.full((batch, cache_size), EMPTY_POSITION, jnp.int32))
+        slots = jnp.where(positions < prefilled.prompt_lengths[:, None], positions, cache_size)
+        return _write(cache, kv, positions, slots)
+
+    def update(self, params: BlockDrafterParams, cache: ContextCache, verified: Verified) -> ContextCache:
+        span = verified.tokens.shape[1]
+        offsets = jnp.arange(span, dtype=jnp.int32)[None, :]
+        positions = verified.anchor_position[:, None] + offsets
+        keep = (offsets <= verified.num_accepted[:, None]) & ~verified.done[:, None]
+        slots = jnp.where(keep, positions, cache.positions.shape[1])
+        return _write(cache, self._context(params, verified.features, positions), positions, slots)
+
+    def propose(self, params: BlockDrafterParams, cache: ContextCache, context: DraftContext,
+                template: TreeTemplate, sampling: SamplingConfig, key: jax.Array) -> tuple[Draft, ContextCache]:
+        if template.depth > self.drafter.block_size:
+            raise ValueError(f"draft depth {template.depth} exceeds the drafter's block size {self.drafter.block_size}")
+        depth, batch = template.depth, context.length.shape[0]
+        anchor, anchor_position = context.anchor, context.anchor_position
+        block = jnp.full((batch, depth), self.drafter.mask_token_id, jnp.int32).at[:, 0].set(anchor)
+        embeddings = jnp.take(params.target.embed, block, axis=0) * jnp.asarray(self.target.embed_scale,
+                                                                                 params.target.embed.dtype)
+        positions = anchor_position[:, None] + jnp.arange(depth, dtype=jnp.int32)[None, :]
+        visible = cache.positions < anchor_position[:, None]
+        backbone = nnx.merge(self.backbone_def, params.backbone)
+        hidden = backbone(embeddings[:, None], positions[:, None], list(zip(cache.keys, cache.values)),
+                          visible[:, None])[:, 0]
+        base_logits = logits(params.target, hidden, config=self.target)  # [B, γ, V]
+        if self.heads_def is None:  # DFlash: slots are independent
+            keys = jax.random.split(key, depth)
+            picks = [expand_candidates(base_logits[:, k], template.width, sampling, keys[k]) for k in range(depth)]
+            tokens = jnp.stack([p[0] for p in picks], axis=1)
+            q = None if sampling.greedy else jnp.stack([p[1] for p in picks], axis=1)
+            return Draft(tokens=tokens, main_probs=q), cache
+        heads = nnx.merge(self.heads_def, params.heads)
+        tokens, q, confidence = heads.sample_block(base_logits, hidden, anchor, template.width, sampling, key)
+        return Draft(tokens=tokens, main_probs=q, confidence=confidence), cache
+
+
+def _write(cache: ContextCache, kv: list[tuple[jax.Array, jax.Array]], positions: jax.Array,
+           slots: jax.Array) -> ContextCache:
+    rows = jnp.arange(slots.shape[0])[:, None]
+    keys = [k_all.at[rows, slots].set(k.astype(k_all.dtype), mode="drop") for k_all, (k, _) in zip(cache.keys, kv)]
+    values = [v_all.at[rows, slots].set(v.astype(v_all.dtype), mode="drop") for v_all, (_, v) in zip(cache.values, kv)]
+    return ContextCache(keys=keys, values=values, positions=cache.positions.at[rows, slots].set(positions, mode="drop"))
+
+
+def make_block_proposer(target: ModelConfig, drafter: DrafterConfig, backbone: DFlashBackbone,
+                        heads: DSparkHeads | None, target_params: TransformerParams):
+    """(proposer, params) for the engine from NNX modules: DSpark when `heads` is given, else DFlash."""
+    backbone_def, backbone_state = nnx.split(backbone)
+    heads_def, heads_state = nnx.split(heads) if heads is not None else (None, None)
+    proposer = BlockDrafterProposer(target, drafter, backbone_def, heads_def)
+    return proposer, BlockDrafterParams(backbone=backbone_state, heads=heads_state, target=target_params)
