@@ -1,0 +1,59 @@
+"""Training blocks: random anchors per sequence, the block inputs, targets and masks the drafters learn from.
+
+For an anchor at position a the block input is [x_a, mask, ..., mask] at positions a .. a + γ - 1; slot i
+predicts x_{a+1+i}, and the target's distribution for it is the target's prediction at position a + i.
+The block sees the target context at positions < a (and itself). Slots past the sequence end or outside
+the loss mask (prompt tokens) are invalid and carry no loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Blocks:
+    anchors: jax.Array  # int32[B, N]
+    inputs: jax.Array  # int32[B, N, γ]: anchor token then mask tokens
+    positions: jax.Array  # int32[B, N, γ]
+    targets: jax.Array  # int32[B, N, γ]: x_{a+1+i}
+    previous: jax.Array  # int32[B, N, γ]: x_{a+i}, the teacher-forced token before each slot (Markov head)
+    source: jax.Array  # int32[B, N, γ]: position whose target prediction slot i must match (a + i)
+    valid: jax.Array  # bool[B, N, γ]
+    context_visible: jax.Array  # bool[B, N, T]: context positions < anchor
+
+
+def sample_anchors(key: jax.Array, loss_mask: jax.Array, num_anchors: int) -> jax.Array:
+    """int32[B, N]: anchors drawn uniformly (with replacement) among positions a whose next token is in
+    the loss mask; rows with none fall back to position 0 and yield only invalid slots."""
+    batch, length = loss_mask.shape
+    eligible = jnp.zeros_like(loss_mask, dtype=bool).at[:, :-1].set(loss_mask[:, 1:].astype(bool))
+    logits = jnp.where(eligible, 0.0, -jnp.inf)
+    logits = jnp.where(jnp.any(eligible, axis=1, keepdims=True), logits, jnp.where(jnp.arange(length) == 0, 0.0, -jnp.inf))
+    return jax.random.categorical(key, logits[:, None, :], axis=-1, shape=(batch, num_anchors)).astype(jnp.int32)
+
+
+def make_blocks(tokens: jax.Array, loss_mask: jax.Array, anchors: jax.Array, block_size: int,
+                mask_token_id: int) -> Blocks:
+    """tokens, loss_mask: [B, T]; anchors: int32[B, N]."""
+    batch, length = tokens.shape
+    offsets = jnp.arange(block_size, dtype=jnp.int32)
+    positions = anchors[..., None] + offsets  # [B, N, γ]
+    take = lambda table, index: jnp.take_along_axis(table[:, None, :], jnp.clip(index, 0, length - 1), axis=2)
+    target_index = positions + 1
+    valid = (target_index < length) & take(loss_mask, target_index).astype(bool)
+    inputs = jnp.where(offsets == 0, take(tokens, anchors[..., None]), mask_token_id)
+    return Blocks(
+        anchors=anchors,
+        inputs=inputs.astype(jnp.int32),
+        positions=positions,
+        targets=take(tokens, target_index),
+        previous=take(tokens, positions),
+        source=jnp.clip(positions, 0, length - 1),
+        valid=valid,
+        context_visible=jnp.arange(length)[None, None, :] < anchors[..., None],
+    )

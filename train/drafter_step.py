@@ -1,0 +1,98 @@
+"""One training step of a block drafter (DFlash, or DSpark with its heads), target features online.
+
+The frozen target runs first (no gradient) and yields the K fused-layer features plus its own logits at
+every position; the drafter is trained on random anchor blocks of the same sequences. With a target cache
+the first half is replaced by reading stored features (same loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.dflash import DFlashBackbone, DrafterConfig
+from dspark_jax.models.dspark import DSparkHeads
+from dspark_jax.models.kv_cache import KVCache
+from dspark_jax.models.params import TransformerParams
+from dspark_jax.models.transformer import forward, logits
+from dspark_jax.train.blocks import Blocks, make_blocks, sample_anchors
+from dspark_jax.train.dflash_loss import dflash_loss
+from dspark_jax.train.dspark_loss import DSparkLossWeights, dspark_loss
+
+
+class BlockDrafter(nnx.Module):
+    """The trainable part of a DFlash (heads None) or DSpark drafter."""
+
+    def __init__(self, config: DrafterConfig, vocab_size: int, dspark_rank: int | None, *, rngs: nnx.Rngs):
+        self.config = config
+        self.backbone = DFlashBackbone(config, rngs=rngs)
+        self.heads = DSparkHeads(vocab_size, config.hidden_size, dspark_rank, rngs=rngs) if dspark_rank else None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float = 6e-4
+    warmup_steps: int = 20
+    total_steps: int = 1000
+    clip_norm: float = 1.0
+    weight_decay: float = 0.01
+    anchors_per_sequence: int = 8
+    loss: DSparkLossWeights = DSparkLossWeights()
+
+
+def make_optimizer(model: BlockDrafter, config: TrainConfig) -> nnx.Optimizer:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                                  max(config.total_steps, config.warmup_steps + 1))
+    tx = optax.chain(optax.clip_by_global_norm(config.clip_norm),
+                     optax.adamw(schedule, weight_decay=config.weight_decay))
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def target_features(target: ModelConfig, params: TransformerParams, tokens: jax.Array,
+                    layers: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """(features [K, B, T, E], final normed hidden [B, T, E]) of the frozen target over full sequences."""
+    batch, length = tokens.shape
+    out = forward(params, tokens, jnp.broadcast_to(jnp.arange(length), (batch, length)),
+                  KVCache.empty(target, batch, length, params.embed.dtype), config=target, capture_layers=layers)
+    return jax.lax.stop_gradient(out.captured), jax.lax.stop_gradient(out.hidden)
+
+
+def drafter_loss(model: BlockDrafter, target: ModelConfig, params: TransformerParams, features: jax.Array,
+                 final_hidden: jax.Array, blocks: Blocks, loss: DSparkLossWeights):
+    """(loss, metrics) for the blocks of one batch of sequences."""
+    batch, length = blocks.context_visible.shape[0], blocks.context_visible.shape[2]
+    context = model.backbone.context(features, jnp.broadcast_to(jnp.arange(length), (batch, length)))
+    embeddings = jnp.take(params.embed, blocks.inputs, axis=0) * jnp.asarray(target.embed_scale, params.embed.dtype)
+    hidden = model.backbone(embeddings, blocks.positions, context, blocks.context_visible)  # [B, N, γ, E]
+    draft_logits = logits(params, hidden, config=target)
+    source_hidden = jnp.take_along_axis(final_hidden[:, None], blocks.source[..., None], axis=2)
+    target_logits = logits(params, source_hidden, config=target)
+    flat = lambda a: a.reshape(-1, *a.shape[2:])
+    if model.heads is None:
+        value = dflash_loss(flat(draft_logits), flat(blocks.targets), flat(blocks.valid), loss.decay)
+        parts = {"ce": value}
+    else:
+        draft_logits, confidence = model.heads.teacher_forced(draft_logits, hidden, blocks.previous)
+        value, parts = dspark_loss(flat(draft_logits), flat(target_logits), flat(confidence), flat(blocks.targets),
+                                   flat(blocks.valid), loss)
+    accepted = jnp.argmax(draft_logits, -1) == jnp.argmax(target_logits, -1)
+    parts["top1_agreement"] = jnp.sum(accepted & blocks.valid) / jnp.maximum(jnp.sum(blocks.valid), 1)
+    return value, parts
+
+
+@nnx.jit(static_argnames=("target", "config"))
+def train_step(model: BlockDrafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+               tokens: jax.Array, loss_mask: jax.Array, key: jax.Array, config: TrainConfig):
+    """One optimizer step on a batch of sequences (tokens, loss_mask: [B, T]); returns the metrics."""
+    features, final_hidden = target_features(target, params, tokens, model.config.target_layers)
+    anchors = sample_anchors(key, loss_mask, config.anchors_per_sequence)
+    blocks = make_blocks(tokens, loss_mask, anchors, model.config.block_size, model.config.mask_token_id)
+    grad_fn = nnx.value_and_grad(drafter_loss, has_aux=True)
+    (value, metrics), grads = grad_fn(model, target, params, features, final_hidden, blocks, config.loss)
+    optimizer.update(model, grads)
+    return metrics | {"loss": value}
