@@ -1,0 +1,105 @@
+"""The drafter training run: deterministic batches, orbax checkpoints, resume after a kill, metrics log.
+
+Batch and anchor randomness for step s is derived from (seed, s) alone, so a run resumed from the
+checkpoint of step s replays exactly the steps an uninterrupted run would have taken: the parameters come
+out bit-identical. Checkpoints are written every `checkpoint_every` steps, at the end, and when SIGTERM
+arrives (the run then stops cleanly after the current step). Orbax writes each checkpoint into a temporary
+directory and renames it, so a kill mid-write leaves the previous checkpoint intact. Metrics go to
+`metrics.jsonl`, one line per step; on resume, lines past the checkpoint are dropped first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from tqdm import tqdm
+
+from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.params import TransformerParams
+from dspark_jax.train.drafter_step import BlockDrafter, TrainConfig, train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    batch_size: int = 8
+    checkpoint_every: int = 100
+    seed: int = 0
+    progress: bool = True
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Keeps the lines of steps <= last_step, rewritten atomically."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def run_training(model: BlockDrafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+                 tokens: jax.Array, loss_mask: jax.Array, train: TrainConfig, run: RunConfig, out_dir: Path,
+                 after_step: Callable[[int, dict], None] | None = None) -> int:
+    """Trains until `train.total_steps` (resuming from the newest checkpoint in out_dir); returns the step
+    reached, which is smaller when SIGTERM stopped the run. tokens, loss_mask: [num_sequences, T]."""
+    if run.batch_size > tokens.shape[0]:
+        raise ValueError(f"batch_size {run.batch_size} exceeds the {tokens.shape[0]} training sequences")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+    manager = ocp.CheckpointManager((out_dir / "checkpoints").resolve(), options=options)
+    state = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
+    start = manager.latest_step() or 0
+    if start:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        restored = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+        nnx.update(model, restored["model"])
+        nnx.update(optimizer, restored["optimizer"])
+    log_path = out_dir / "metrics.jsonl"
+    _truncate_log(log_path, start)
+
+    stop_requested = []
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    base_key = jax.random.key(run.seed)
+    tokens_per_step = run.batch_size * tokens.shape[1]
+    step = start
+    try:
+        with log_path.open("a") as log, tqdm(total=train.total_steps, initial=start, disable=not run.progress,
+                                             desc="train", unit="step") as bar:
+            while step < train.total_steps and not stop_requested:
+                began = time.perf_counter()
+                batch_key, anchor_key = jax.random.split(jax.random.fold_in(base_key, step))
+                rows = jax.random.choice(batch_key, tokens.shape[0], (run.batch_size,), replace=False)
+                metrics = train_step(model, optimizer, target, params, tokens[rows], loss_mask[rows], anchor_key,
+                                     train)
+                metrics = {k: float(v) for k, v in metrics.items()}
+                step += 1
+                seconds = time.perf_counter() - began
+                log.write(json.dumps({"step": step, **metrics, "tokens_per_second": tokens_per_step / seconds}) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tokens_per_step / seconds:.0f}")
+                bar.update()
+                if step % run.checkpoint_every == 0 or step == train.total_steps or stop_requested:
+                    state = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
+                    manager.save(step, args=ocp.args.StandardSave(state))
+                if after_step is not None:
+                    after_step(step, metrics)
+        if stop_requested and manager.latest_step() != step:
+            manager.save(step, args=ocp.args.StandardSave({"model": nnx.state(model),
+                                                           "optimizer": nnx.state(optimizer)}))
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        signal.signal(signal.SIGTERM, previous_handler)
+    return step
