@@ -220,7 +220,8 @@ def _llama3_rope(header: GGUFHeader, theta: float, head_dim: int) -> RopeConfig:
     divisors = _dequantize(header, header.tensors[_ROPE_FREQS]).astype(np.float64)
     rope = RopeConfig(theta, scaling="llama3", factor=float(divisors.max()), original_max_position=8192)
     plain = RopeConfig(theta).inverse_frequencies(head_dim)
-    fits = divisors.shape == plain.shape and np.allclose(plain / divisors, rope.inverse_frequencies(head_dim), rtol=1e-4)
+    fits = divisors.shape == plain.shape and np.allclose(plain / divisors, rope.inverse_frequencies(head_dim),
+                                                         rtol=1e-4)
     if not fits:
         raise ConfigError(f"{header.path}: its rope_freqs tensor does not match Llama 3 rope scaling")
     return rope

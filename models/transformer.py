@@ -11,7 +11,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dspark_jax.kernels.attention import attention
 from dspark_jax.models.config import ModelConfig

@@ -8,12 +8,13 @@ from flax import nnx
 from tiny_models import tiny_config
 
 from dspark_jax.generate import GenerationConfig, generate
+from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.params import init_params
 from dspark_jax.proposers.block_drafter import make_block_proposer
 from dspark_jax.speculative import speculative_generate
 from dspark_jax.train.blocks import make_blocks
-from dspark_jax.train.drafter_step import BlockDrafter, TrainConfig, make_optimizer, train_step
+from dspark_jax.train.drafter_step import TrainConfig, make_optimizer, train_step
 from dspark_jax.tree import TreeTemplate
 
 PROMPT_LENGTH, RESPONSE_LENGTH = 4, 28

@@ -79,8 +79,8 @@ def block_inputs(batch=3):
 
 def test_markov_greedy_sampling_equals_step_by_step_reference(heads):
     base, hidden, anchor = block_inputs()
-    tokens, q, confidence = jax.jit(lambda b, h, a: heads.sample_block(b, h, a, 2, SamplingConfig(), jax.random.key(0)))(
-        base, hidden, anchor)
+    draft = jax.jit(lambda b, h, a: heads.sample_block(b, h, a, 2, SamplingConfig(), jax.random.key(0)))
+    tokens, q, confidence = draft(base, hidden, anchor)
     assert q is None
     w1 = np.asarray(heads.transition_in.embedding[...])
     w2 = np.asarray(heads.transition_out.kernel[...])

@@ -80,8 +80,6 @@ def test_draft_model_speculation_equals_transformers(target, golden):
     """An independent draft model: the first 6 of the target's 18 layers, as a separate model."""
     import dataclasses
 
-    import jax
-
     from dspark_jax.proposers.draft_model import DraftModelProposer
 
     layers = 6

@@ -10,9 +10,10 @@ import numpy as np
 from flax import nnx
 from tiny_models import tiny_config
 
+from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.params import init_params
-from dspark_jax.train.drafter_step import BlockDrafter, TrainConfig, make_optimizer
+from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
 from dspark_jax.train.loop import RunConfig, run_training
 
 CONFIG = tiny_config("llama")

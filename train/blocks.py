@@ -33,7 +33,8 @@ def sample_anchors(key: jax.Array, loss_mask: jax.Array, num_anchors: int) -> ja
     batch, length = loss_mask.shape
     eligible = jnp.zeros_like(loss_mask, dtype=bool).at[:, :-1].set(loss_mask[:, 1:].astype(bool))
     logits = jnp.where(eligible, 0.0, -jnp.inf)
-    logits = jnp.where(jnp.any(eligible, axis=1, keepdims=True), logits, jnp.where(jnp.arange(length) == 0, 0.0, -jnp.inf))
+    first_only = jnp.where(jnp.arange(length) == 0, 0.0, -jnp.inf)
+    logits = jnp.where(jnp.any(eligible, axis=1, keepdims=True), logits, first_only)
     return jax.random.categorical(key, logits[:, None, :], axis=-1, shape=(batch, num_anchors)).astype(jnp.int32)
 
 

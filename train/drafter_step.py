@@ -14,24 +14,14 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ModelConfig
-from dspark_jax.models.dflash import DFlashBackbone, DrafterConfig
-from dspark_jax.models.dspark import DSparkHeads
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import forward, logits
 from dspark_jax.train.blocks import Blocks, make_blocks, sample_anchors
 from dspark_jax.train.dflash_loss import dflash_loss
 from dspark_jax.train.dspark_loss import DSparkLossWeights, dspark_loss
-
-
-class BlockDrafter(nnx.Module):
-    """The trainable part of a DFlash (heads None) or DSpark drafter."""
-
-    def __init__(self, config: DrafterConfig, vocab_size: int, dspark_rank: int | None, *, rngs: nnx.Rngs):
-        self.config = config
-        self.backbone = DFlashBackbone(config, rngs=rngs)
-        self.heads = DSparkHeads(vocab_size, config.hidden_size, dspark_rank, rngs=rngs) if dspark_rank else None
 
 
 @dataclasses.dataclass(frozen=True)

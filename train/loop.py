@@ -24,9 +24,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
 
+from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.params import TransformerParams
-from dspark_jax.train.drafter_step import BlockDrafter, TrainConfig, train_step
+from dspark_jax.train.drafter_step import TrainConfig, train_step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,103 @@
+"""Exporting and importing a trained DFlash/DSpark drafter: `drafter.safetensors` + `drafter.json`.
+
+Only the drafter's own weights are stored (embedding and LM head stay the target's). The JSON names the
+target the drafter was trained against by a fingerprint of its config and embedding, so loading a drafter
+against another target fails with a message instead of drafting garbage. Both files are written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from dspark_jax.models.block_drafter import BlockDrafter
+from dspark_jax.models.config import ConfigError, ModelConfig
+from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.params import TransformerParams
+
+WEIGHTS, CONFIG = "drafter.safetensors", "drafter.json"
+FORMAT_VERSION = 1
+
+
+def target_fingerprint(config: ModelConfig, params: TransformerParams) -> str:
+    """Identity of a target: its architecture plus a sample of its embedding (distinguishes fine-tunes)."""
+    sample = np.asarray(params.embed[:: max(1, params.embed.shape[0] // 64), :64], np.float32)
+    return hashlib.sha256(repr(config).encode() + sample.tobytes()).hexdigest()[:16]
+
+
+def _write_atomically(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def export_drafter(directory: Path, model: BlockDrafter, target: ModelConfig, target_params: TransformerParams,
+                   target_name: str) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    arrays = {"/".join(map(str, path)): np.asarray(variable.get_value()) for path, variable in flat}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": "dspark" if model.heads is not None else "dflash",
+        "drafter": dataclasses.asdict(model.config),
+        "dspark_rank": None if model.heads is None else int(model.heads.transition_in.embedding.shape[1]),
+        "target": {"name": target_name, "family": target.family, "vocab_size": target.vocab_size,
+                   "hidden_size": target.hidden_size, "fingerprint": target_fingerprint(target, target_params)},
+    }
+    _write_atomically(directory / WEIGHTS, lambda tmp: save_file(arrays, tmp))
+    _write_atomically(directory / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+
+
+def read_drafter_config(directory: Path) -> dict:
+    """The JSON description alone (cheap: used to validate a request before loading anything)."""
+    path = Path(directory) / CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} is not an exported drafter: {CONFIG} is missing")
+    meta = json.loads(path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"{path}: unsupported drafter format {meta.get('format_version')!r}")
+    return meta
+
+
+def check_drafter_target(meta: dict, target: ModelConfig, target_params: TransformerParams) -> None:
+    expected, actual = meta["target"]["fingerprint"], target_fingerprint(target, target_params)
+    if expected != actual:
+        raise ConfigError(
+            f"this drafter was trained for target {meta['target']['name']!r} ({meta['target']['family']}, "
+            f"fingerprint {expected}) but the target given has fingerprint {actual}: load it with the target "
+            "it was trained for, or train a drafter for this target"
+        )
+
+
+def import_drafter(directory: Path, target: ModelConfig, target_params: TransformerParams) -> BlockDrafter:
+    meta = read_drafter_config(directory)
+    check_drafter_target(meta, target, target_params)
+    drafter = DrafterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["drafter"].items()})
+    model = BlockDrafter(drafter, target.vocab_size, meta["dspark_rank"], rngs=nnx.Rngs(0))
+    try:
+        arrays = load_file(Path(directory) / WEIGHTS)
+    except (SafetensorError, OSError) as error:
+        raise ConfigError(f"{Path(directory) / WEIGHTS}: file is truncated or corrupt ({error})") from None
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    missing = ["/".join(map(str, path)) for path, _ in flat if "/".join(map(str, path)) not in arrays]
+    if missing or len(arrays) != len(flat):
+        raise ConfigError(f"{directory}: weights do not match {CONFIG} (missing e.g. {missing[:3]})")
+    for path, variable in flat:
+        variable.set_value(jax.numpy.asarray(arrays["/".join(map(str, path))]))
+    return model

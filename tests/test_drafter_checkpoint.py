@@ -1,0 +1,55 @@
+"""Drafter export/import: exact round trip, wrong target and damaged files refused."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from tiny_models import tiny_config
+
+from dspark_jax.models.block_drafter import BlockDrafter
+from dspark_jax.models.config import ConfigError
+from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.drafter_checkpoint import WEIGHTS, export_drafter, import_drafter
+from dspark_jax.models.params import init_params
+
+CONFIG = tiny_config("qwen2")
+PARAMS = init_params(CONFIG, jax.random.key(0))
+
+
+@pytest.mark.parametrize("rank", [None, 8], ids=["dflash", "dspark"])
+def test_round_trip(tmp_path, rank):
+    drafter = DrafterConfig.for_target(CONFIG, num_layers=2, block_size=5, num_features=2)
+    model = BlockDrafter(drafter, CONFIG.vocab_size, rank, rngs=nnx.Rngs(4))
+    export_drafter(tmp_path, model, CONFIG, PARAMS, "tiny-qwen2")
+    loaded = import_drafter(tmp_path, CONFIG, PARAMS)
+    assert loaded.config == drafter and (loaded.heads is None) == (rank is None)
+    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(loaded))):
+        np.testing.assert_array_equal(a, b)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_wrong_target_is_refused(tmp_path):
+    drafter = DrafterConfig.for_target(CONFIG, num_layers=1, block_size=3, num_features=2)
+    export_drafter(tmp_path, BlockDrafter(drafter, CONFIG.vocab_size, 8, rngs=nnx.Rngs(0)), CONFIG, PARAMS, "a")
+    other_weights = init_params(CONFIG, jax.random.key(1))
+    with pytest.raises(ConfigError, match="trained for target 'a'"):
+        import_drafter(tmp_path, CONFIG, other_weights)
+    other_arch = dataclasses.replace(CONFIG, rms_norm_eps=1e-5)
+    with pytest.raises(ConfigError, match="fingerprint"):
+        import_drafter(tmp_path, other_arch, PARAMS)
+
+
+def test_truncated_weights_are_refused(tmp_path):
+    drafter = DrafterConfig.for_target(CONFIG, num_layers=1, block_size=3, num_features=2)
+    export_drafter(tmp_path, BlockDrafter(drafter, CONFIG.vocab_size, None, rngs=nnx.Rngs(0)), CONFIG, PARAMS, "a")
+    weights = tmp_path / WEIGHTS
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="truncated or corrupt"):
+        import_drafter(tmp_path, CONFIG, PARAMS)
+
+
+def test_missing_drafter_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="drafter.json"):
+        import_drafter(tmp_path, CONFIG, PARAMS)
