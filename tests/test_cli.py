@@ -98,3 +98,34 @@ def test_generates_on_a_tiny_model(drafter, capsys):
 def test_default_model_end_to_end(capsys):
     cli.main(["generate", "--prompt", "The three primary colours are", "--max-new-tokens", "5"])
     assert "red, yellow and blue" in capsys.readouterr().out
+
+
+def export_tiny_drafter(directory, family="llama"):
+    from flax import nnx
+
+    from dspark_jax.models.block_drafter import BlockDrafter
+    from dspark_jax.models.dflash import DrafterConfig
+    from dspark_jax.models.drafter_checkpoint import export_drafter
+    from dspark_jax.target import load_target
+
+    target = load_target(str(TINY / family))
+    drafter = DrafterConfig.for_target(target.config, num_layers=1, block_size=3, num_features=2)
+    model = BlockDrafter(drafter, target.config.vocab_size, 8, rngs=nnx.Rngs(0))
+    export_drafter(directory, model, target.config, target.params, family)
+
+
+def test_generates_with_an_exported_drafter(tmp_path, capsys):
+    export_tiny_drafter(tmp_path / "drafter")
+    cli.main(["generate", "--target", str(TINY / "llama"), "--prompt", "abcabc", "--max-new-tokens", "6",
+              "--drafter", str(tmp_path / "drafter")])
+    assert "tau" in capsys.readouterr().err
+
+
+def test_exported_drafter_checks_its_target(tmp_path, capsys):
+    export_tiny_drafter(tmp_path / "drafter")
+    code, err = run_cli(["--target", str(TINY / "qwen3"), "--prompt", "hi", "--drafter", str(tmp_path / "drafter")],
+                        capsys)
+    assert code == 2 and "trained for target 'llama'" in err
+    code, err = run_cli(["--target", str(TINY / "llama"), "--prompt", "hi", "--gamma", "5",
+                         "--drafter", str(tmp_path / "drafter")], capsys)
+    assert code == 2 and "blocks of 3 tokens" in err
