@@ -1,0 +1,63 @@
+"""ShareGPT prompts and target-regenerated training sequences (tiny target), resumable shards."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dspark_jax.target import load_target
+from dspark_jax.train import regenerate as regenerate_lib
+from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
+from dspark_jax.train.sharegpt import first_turns, split
+
+TINY = Path(__file__).parent / "data" / "tiny" / "gemma3"
+
+
+@pytest.fixture(scope="module")
+def records():
+    return first_turns()
+
+
+def test_sharegpt_reads_every_complete_record(records):
+    assert len(records) > 10_000  # the packaged file is truncated; everything before the cut is kept
+    assert all(prompt.strip() for _, prompt in records)
+    train, held_out = split(records)
+    assert len(train) + len(held_out) == len(records)
+    assert 0.03 < len(held_out) / len(records) < 0.07
+    again_train, again_held_out = split(list(reversed(records)))
+    assert set(again_held_out) == set(held_out)  # the split depends on ids, not order
+
+
+def test_regeneration_resumes_after_a_failure(records, tmp_path, monkeypatch):
+    target = load_target(str(TINY))
+    prompts = [prompt for _, prompt in records[:6]]
+    config = RegenerateConfig(max_new_tokens=5, max_prompt_tokens=80, shard_size=2, batch_size=2)
+    straight = regenerate(target, prompts, tmp_path / "straight", config)
+
+    calls = []
+    original = regenerate_lib.generate
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while making the second shard
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(regenerate_lib, "generate", failing)
+    with pytest.raises(KeyboardInterrupt):
+        regenerate(target, prompts, tmp_path / "resumed", config)
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["sequences-00000.npz"]  # no partial file
+    monkeypatch.setattr(regenerate_lib, "generate", original)
+    resumed = regenerate(target, prompts, tmp_path / "resumed", config)
+    for a, b in zip(straight, resumed):
+        with np.load(a) as x, np.load(b) as y:
+            for key in ("tokens", "lengths", "prompt_lengths"):
+                np.testing.assert_array_equal(x[key], y[key])
+
+    tokens, loss_mask = load_sequences(resumed, length=96)
+    assert tokens.shape == (6, 96)
+    with np.load(resumed[0]) as shard:
+        p, n, shard_tokens = shard["prompt_lengths"][0], shard["lengths"][0], shard["tokens"][0].tolist()
+    assert p <= 80 and n > p
+    assert target.tokenizer.decode(shard_tokens[:p], skip_special=False).endswith("model\n")  # template kept
+    np.testing.assert_array_equal(np.flatnonzero(loss_mask[0]), np.arange(p, min(n, 96)))

@@ -1,0 +1,97 @@
+"""Training sequences whose responses the target itself wrote (DESIGN.md §4): a drafter must learn the
+target's distribution, not the original assistant's.
+
+Prompts are chat-formatted with the target's template, cut to `max_prompt_tokens`, and answered by the
+target's batched generation (default sampling: temperature 0.7, top-p 0.8, top-k 20). Results go to shards
+`sequences-NNNNN.npz`, each written atomically; a rerun skips the shards already on disk, so an
+interrupted run resumes where it stopped and reproduces what an uninterrupted one writes (shard i samples
+with seed + i).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from dspark_jax.generate import GenerationConfig, generate
+from dspark_jax.sampling import SamplingConfig
+from dspark_jax.target import Target
+
+
+@dataclasses.dataclass(frozen=True)
+class RegenerateConfig:
+    max_new_tokens: int = 256
+    max_prompt_tokens: int = 256
+    sampling: SamplingConfig = SamplingConfig(temperature=0.7, top_k=20, top_p=0.8)
+    shard_size: int = 64
+    batch_size: int = 8
+    seed: int = 0
+
+
+def _save_atomically(path: Path, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _prompt_ids(target: Target, message: str, max_tokens: int) -> list[int]:
+    """Chat-formatted prompt ids; an over-long message is shortened, never the template around it."""
+    tokenizer = target.tokenizer
+    overhead = len(tokenizer.encode(tokenizer.chat_prompt("")))
+    if max_tokens <= overhead:
+        raise ValueError(f"max_prompt_tokens={max_tokens} leaves no room for a message in the chat template")
+    message_ids = tokenizer.encode(message, add_bos=False)
+    if len(message_ids) > max_tokens - overhead:
+        message = tokenizer.decode(message_ids[: max_tokens - overhead])
+    ids = tokenizer.encode(tokenizer.chat_prompt(message))
+    return ids[:max_tokens] if len(ids) > max_tokens else ids
+
+
+def regenerate(target: Target, prompts: list[str], out_dir: Path, config: RegenerateConfig) -> list[Path]:
+    """Writes (or completes) the shards for `prompts`; returns all shard paths in order."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stop = target.tokenizer.eos_ids
+    shards = []
+    for index, start in enumerate(range(0, len(prompts), config.shard_size)):
+        path = out_dir / f"sequences-{index:05d}.npz"
+        shards.append(path)
+        if path.exists():
+            continue
+        chunk = [_prompt_ids(target, p, config.max_prompt_tokens) for p in prompts[start : start + config.shard_size]]
+        generation = GenerationConfig(config.max_new_tokens, config.sampling, stop)
+        responses = []
+        for b in range(0, len(chunk), config.batch_size):
+            responses += generate(target.params, target.config, chunk[b : b + config.batch_size], generation,
+                                  seed=config.seed + index * 100_003 + b)
+        lengths = np.array([len(p) + len(r) for p, r in zip(chunk, responses)], np.int32)
+        tokens = np.full((len(chunk), int(lengths.max())), target.config.pad_token_id, np.int32)
+        for row, (p, r) in enumerate(zip(chunk, responses)):
+            tokens[row, : len(p) + len(r)] = p + r
+        _save_atomically(path, tokens=tokens, lengths=lengths,
+                         prompt_lengths=np.array([len(p) for p in chunk], np.int32))
+    return shards
+
+
+def load_sequences(shards: list[Path], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32[N, length], loss_mask bool[N, length]) from shards, cut or padded to `length`; the
+    loss mask covers the response tokens only."""
+    rows, masks = [], []
+    for path in shards:
+        with np.load(path) as shard:
+            for tokens, n, p in zip(shard["tokens"], shard["lengths"], shard["prompt_lengths"]):
+                row = np.zeros(length, np.int32)
+                row[: min(n, length)] = tokens[: min(n, length)]
+                positions = np.arange(length)
+                rows.append(row)
+                masks.append((positions >= p) & (positions < n))
+    return np.stack(rows), np.stack(masks)
