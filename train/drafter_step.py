@@ -75,14 +75,31 @@ def drafter_loss(model: BlockDrafter, target: ModelConfig, params: TransformerPa
     return value, parts
 
 
-@nnx.jit(static_argnames=("target", "config"))
-def train_step(model: BlockDrafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
-               tokens: jax.Array, loss_mask: jax.Array, key: jax.Array, config: TrainConfig):
-    """One optimizer step on a batch of sequences (tokens, loss_mask: [B, T]); returns the metrics."""
-    features, final_hidden = target_features(target, params, tokens, model.config.target_layers)
+def _update(model: BlockDrafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+            tokens: jax.Array, loss_mask: jax.Array, features: jax.Array, final_hidden: jax.Array, key: jax.Array,
+            config: TrainConfig) -> dict[str, jax.Array]:
     anchors = sample_anchors(key, loss_mask, config.anchors_per_sequence)
     blocks = make_blocks(tokens, loss_mask, anchors, model.config.block_size, model.config.mask_token_id)
     grad_fn = nnx.value_and_grad(drafter_loss, has_aux=True)
     (value, metrics), grads = grad_fn(model, target, params, features, final_hidden, blocks, config.loss)
     optimizer.update(model, grads)
     return metrics | {"loss": value}
+
+
+@nnx.jit(static_argnames=("target", "config"))
+def train_step(model: BlockDrafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+               tokens: jax.Array, loss_mask: jax.Array, key: jax.Array, config: TrainConfig):
+    """Online mode: one optimizer step on a batch of sequences (tokens, loss_mask: [B, T]), the target's
+    features computed on the fly; returns the metrics."""
+    features, final_hidden = target_features(target, params, tokens, model.config.target_layers)
+    return _update(model, optimizer, target, params, tokens, loss_mask, features, final_hidden, key, config)
+
+
+@nnx.jit(static_argnames=("target", "config"))
+def train_step_cached(model: BlockDrafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+                      tokens: jax.Array, loss_mask: jax.Array, features: jax.Array, final_hidden: jax.Array,
+                      key: jax.Array, config: TrainConfig):
+    """Offline mode: the same step with features [K, B, T, E] and final hidden [B, T, E] read from the
+    target cache (bfloat16; computed in float32)."""
+    return _update(model, optimizer, target, params, tokens, loss_mask, features.astype(jnp.float32),
+                   final_hidden.astype(jnp.float32), key, config)

@@ -1,0 +1,77 @@
+"""Offline target cache: per training sequence, the K fused-layer features and the final normed hidden
+state of the frozen target (target logits = its LM head applied to the latter), in bfloat16.
+
+At DeepSpec scale this is tens of terabytes, so `estimate_bytes` is printed before anything is written.
+Each shard is a directory of .npy files written under a temporary name and renamed into place, so a kill
+leaves either a whole shard or none; a rerun skips finished shards and clears stale temporaries. Shards are
+read back memory-mapped, so training touches only the rows it samples.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.params import TransformerParams
+from dspark_jax.train.drafter_step import target_features
+
+BF16 = ml_dtypes.bfloat16
+
+
+def estimate_bytes(num_sequences: int, length: int, num_features: int, hidden_size: int) -> int:
+    """Disk the cache will take: (K features + final hidden) x E bfloat16 values per token, plus ids/mask."""
+    return num_sequences * length * ((num_features + 1) * hidden_size * 2 + 4 + 1)
+
+
+def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[int, ...], tokens: np.ndarray,
+                loss_mask: np.ndarray, out_dir: Path, shard_size: int = 64, batch_size: int = 8) -> list[Path]:
+    """Writes (or completes) the shards for tokens / loss_mask [N, T]; returns the shard directories."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.tmp"):
+        shutil.rmtree(stale)
+    features_fn = jax.jit(lambda p, t: target_features(target, p, t, layers))
+    shards = []
+    for index, start in enumerate(range(0, len(tokens), shard_size)):
+        final = out_dir / f"shard-{index:05d}"
+        shards.append(final)
+        if final.exists():
+            continue
+        rows = slice(start, start + shard_size)
+        features, hidden = [], []
+        for b in range(rows.start, min(rows.stop, len(tokens)), batch_size):
+            f, h = features_fn(params, jnp.asarray(tokens[b : min(b + batch_size, rows.stop)]))
+            features.append(np.asarray(f.astype(jnp.bfloat16)).swapaxes(0, 1))  # [n, K, T, E]
+            hidden.append(np.asarray(h.astype(jnp.bfloat16)))
+        partial = out_dir / f"shard-{index:05d}.tmp"
+        partial.mkdir()
+        np.save(partial / "tokens.npy", np.asarray(tokens[rows], np.int32))
+        np.save(partial / "loss_mask.npy", np.asarray(loss_mask[rows], bool))
+        np.save(partial / "features.npy", np.concatenate(features).view(np.uint16))
+        np.save(partial / "hidden.npy", np.concatenate(hidden).view(np.uint16))
+        partial.rename(final)
+    return shards
+
+
+class CachedShard:
+    """One shard, memory-mapped: rows are read from disk only when indexed."""
+
+    def __init__(self, directory: Path):
+        load = lambda name: np.load(Path(directory) / f"{name}.npy", mmap_mode="r")
+        self.tokens, self.loss_mask = load("tokens"), load("loss_mask")
+        self._features, self._hidden = load("features"), load("hidden")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens [n, T], loss_mask [n, T], features bf16 [K, n, T, E], final hidden bf16 [n, T, E])."""
+        features = np.asarray(self._features[rows]).view(BF16).swapaxes(0, 1)
+        return (np.asarray(self.tokens[rows]), np.asarray(self.loss_mask[rows]), features,
+                np.asarray(self._hidden[rows]).view(BF16))
