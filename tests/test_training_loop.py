@@ -14,14 +14,14 @@ from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.params import init_params
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
-from dspark_jax.train.loop import RunConfig, run_training
+from dspark_jax.train.loop import RunConfig, online_steps, run_training
 
 CONFIG = tiny_config("llama")
 PARAMS = init_params(CONFIG, jax.random.key(0), std=0.3)
 TOKENS = jax.random.randint(jax.random.key(1), (16, 20), 1, CONFIG.vocab_size)
 LOSS_MASK = jnp.broadcast_to(jnp.arange(20) >= 4, TOKENS.shape)
 TRAIN = TrainConfig(learning_rate=1e-3, warmup_steps=2, total_steps=8, anchors_per_sequence=4)
-RUN = RunConfig(batch_size=4, checkpoint_every=3, progress=False)
+RUN = RunConfig(checkpoint_every=3, progress=False)
 
 
 def fresh(seed):
@@ -32,7 +32,8 @@ def fresh(seed):
 
 def train(directory, seed=0, after_step=None):
     model, optimizer = fresh(seed)
-    step = run_training(model, optimizer, CONFIG, PARAMS, TOKENS, LOSS_MASK, TRAIN, RUN, directory, after_step)
+    steps = online_steps(model, optimizer, CONFIG, PARAMS, TOKENS, LOSS_MASK, 4, TRAIN)
+    step = run_training(model, optimizer, steps, TRAIN, RUN, directory, after_step)
     return step, model
 
 

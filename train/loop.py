@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
@@ -27,12 +28,47 @@ from tqdm import tqdm
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.params import TransformerParams
-from dspark_jax.train.drafter_step import TrainConfig, train_step
+from dspark_jax.train.drafter_step import TrainConfig, train_step, train_step_cached
+from dspark_jax.train.target_cache import CachedShard
+
+# One optimizer step given the step's batch key and anchor key; returns (metrics, tokens in the batch).
+StepFn = Callable[[jax.Array, jax.Array], tuple[dict, int]]
+
+
+def online_steps(model: BlockDrafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+                 tokens: jax.Array, loss_mask: jax.Array, batch_size: int, train: TrainConfig) -> StepFn:
+    """Steps that sample `batch_size` sequences and compute the target's features on the fly."""
+    if batch_size > tokens.shape[0]:
+        raise ValueError(f"batch_size {batch_size} exceeds the {tokens.shape[0]} training sequences")
+
+    def step(batch_key, anchor_key):
+        rows = jax.random.choice(batch_key, tokens.shape[0], (batch_size,), replace=False)
+        metrics = train_step(model, optimizer, target, params, tokens[rows], loss_mask[rows], anchor_key, train)
+        return metrics, batch_size * tokens.shape[1]
+
+    return step
+
+
+def cached_steps(model: BlockDrafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+                 shards: list[CachedShard], batch_size: int, train: TrainConfig) -> StepFn:
+    """Steps that read features from the target cache: one shard per step, `batch_size` rows of it."""
+    if batch_size > min(len(s) for s in shards):
+        raise ValueError(f"batch_size {batch_size} exceeds the rows of the smallest cache shard")
+
+    def step(batch_key, anchor_key):
+        shard_key, row_key = jax.random.split(batch_key)
+        shard = shards[int(jax.random.randint(shard_key, (), 0, len(shards)))]
+        rows = np.sort(np.asarray(jax.random.choice(row_key, len(shard), (batch_size,), replace=False)))
+        tokens, loss_mask, features, hidden = shard.batch(rows)
+        metrics = train_step_cached(model, optimizer, target, params, tokens, loss_mask, features, hidden,
+                                    anchor_key, train)
+        return metrics, tokens.size
+
+    return step
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    batch_size: int = 8
     checkpoint_every: int = 100
     seed: int = 0
     progress: bool = True
@@ -49,13 +85,11 @@ def _truncate_log(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
-def run_training(model: BlockDrafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
-                 tokens: jax.Array, loss_mask: jax.Array, train: TrainConfig, run: RunConfig, out_dir: Path,
-                 after_step: Callable[[int, dict], None] | None = None) -> int:
+def run_training(model: BlockDrafter, optimizer: nnx.Optimizer, take_step: StepFn, train: TrainConfig,
+                 run: RunConfig, out_dir: Path, after_step: Callable[[int, dict], None] | None = None) -> int:
     """Trains until `train.total_steps` (resuming from the newest checkpoint in out_dir); returns the step
-    reached, which is smaller when SIGTERM stopped the run. tokens, loss_mask: [num_sequences, T]."""
-    if run.batch_size > tokens.shape[0]:
-        raise ValueError(f"batch_size {run.batch_size} exceeds the {tokens.shape[0]} training sequences")
+    reached, which is smaller when SIGTERM stopped the run. `take_step` comes from `online_steps` or
+    `cached_steps` over the same model and optimizer."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
@@ -73,17 +107,13 @@ def run_training(model: BlockDrafter, optimizer: nnx.Optimizer, target: ModelCon
     stop_requested = []
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     base_key = jax.random.key(run.seed)
-    tokens_per_step = run.batch_size * tokens.shape[1]
     step = start
     try:
         with log_path.open("a") as log, tqdm(total=train.total_steps, initial=start, disable=not run.progress,
                                              desc="train", unit="step") as bar:
             while step < train.total_steps and not stop_requested:
                 began = time.perf_counter()
-                batch_key, anchor_key = jax.random.split(jax.random.fold_in(base_key, step))
-                rows = jax.random.choice(batch_key, tokens.shape[0], (run.batch_size,), replace=False)
-                metrics = train_step(model, optimizer, target, params, tokens[rows], loss_mask[rows], anchor_key,
-                                     train)
+                metrics, tokens_per_step = take_step(*jax.random.split(jax.random.fold_in(base_key, step)))
                 metrics = {k: float(v) for k, v in metrics.items()}
                 step += 1
                 seconds = time.perf_counter() - began
