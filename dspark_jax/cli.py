@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from dspark_jax import speculative
+from dspark_jax import speculative, train_commands
 from dspark_jax.generate import GenerationConfig, generate_stream, pad_prompts
 from dspark_jax.models.drafter_checkpoint import import_drafter, read_drafter_config
 from dspark_jax.models.sharding import make_mesh
@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dspark-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    commands = {"generate": _generate} | train_commands.add_commands(sub)
     args = parser.parse_args(argv)
     try:
-        {"generate": _generate}[args.command](args)
+        commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:
         parser.exit(2, f"dspark-jax {args.command}: error: {error}\n")
 

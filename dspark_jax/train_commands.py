@@ -1,0 +1,155 @@
+"""`dspark-jax prepare-data`, `prepare-cache` and `train`: the DeepSpec recipe for DFlash/DSpark drafters.
+
+    dspark-jax prepare-data --out data/ --num-prompts 512        # ShareGPT prompts, responses by the target
+    dspark-jax prepare-cache --data data/ --out cache/            # optional offline target features
+    dspark-jax train --drafter dspark --data data/ --out run/ [--cache cache/]
+
+Every command checks its arguments before loading the target. `train` resumes from run/checkpoints when
+started again, stops cleanly on SIGTERM, logs run/metrics.jsonl and exports the drafter to run/drafter/
+(loadable with `dspark-jax generate --drafter run/drafter`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jax.numpy as jnp
+from flax import nnx
+
+from dspark_jax.models.block_drafter import BlockDrafter
+from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.drafter_checkpoint import export_drafter
+from dspark_jax.sampling import SamplingConfig
+from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
+from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
+from dspark_jax.train.loop import RunConfig, cached_steps, online_steps, run_training
+from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
+from dspark_jax.train.sharegpt import first_turns, split
+from dspark_jax.train.target_cache import CachedShard, estimate_bytes, write_cache
+
+
+def add_commands(sub: argparse._SubParsersAction) -> dict:
+    p = sub.add_parser("prepare-data", help="ShareGPT prompts answered by the target (training sequences)")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--num-prompts", type=int, default=512)
+    p.add_argument("--max-prompt-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=64)
+
+    p = sub.add_parser("prepare-cache", help="write the target's features for prepared data (offline mode)")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--length", type=int, default=512, help="tokens per sequence (cut or padded)")
+    p.add_argument("--num-features", type=int, default=5, help="target layers fused by the drafter (K)")
+    p.add_argument("--shard-size", type=int, default=64)
+
+    p = sub.add_parser("train", help="train a DFlash or DSpark drafter for the target")
+    p.add_argument("--drafter", choices=("dspark", "dflash"), required=True)
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
+    p.add_argument("--cache", type=Path, default=None, help="directory written by prepare-cache (else online)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--length", type=int, default=512)
+    p.add_argument("--block-size", type=int, default=7)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--num-features", type=int, default=5)
+    p.add_argument("--rank", type=int, default=256, help="DSpark Markov head rank")
+    p.add_argument("--learning-rate", type=float, default=6e-4)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    return {"prepare-data": prepare_data, "prepare-cache": prepare_cache, "train": train}
+
+
+def _shards(data: Path) -> list[Path]:
+    shards = sorted(Path(data).glob("sequences-*.npz"))
+    if not shards:
+        raise FileNotFoundError(f"{data} holds no sequences-*.npz: run `dspark-jax prepare-data --out {data}` first")
+    return shards
+
+
+def prepare_data(args: argparse.Namespace) -> None:
+    config = RegenerateConfig(args.max_new_tokens, args.max_prompt_tokens,
+                              SamplingConfig(args.temperature, args.top_k, args.top_p), args.shard_size,
+                              args.batch_size)
+    if args.num_prompts < 1:
+        raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
+    spec = describe_target(args.target)
+    train_prompts, held_out = split(first_turns())
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "held_out.jsonl").open("w") as f:  # the eval format: {"turns": [...]}
+        f.writelines(json.dumps({"turns": [p]}) + "\n" for p in held_out)
+    target = load_target(spec)
+    shards = regenerate(target, train_prompts[: args.num_prompts], args.out, config)
+    print(f"{len(shards)} shards of regenerated sequences in {args.out}; {len(held_out)} held-out prompts in "
+          f"{args.out / 'held_out.jsonl'}")
+
+
+def _layers(spec, num_features: int) -> tuple[int, ...]:
+    return DrafterConfig.for_target(spec.config, num_features=num_features).target_layers
+
+
+def prepare_cache(args: argparse.Namespace) -> None:
+    shards = _shards(args.data)
+    spec = describe_target(args.target)
+    tokens, loss_mask = load_sequences(shards, args.length)
+    layers = _layers(spec, args.num_features)
+    need = estimate_bytes(len(tokens), args.length, len(layers), spec.config.hidden_size)
+    print(f"target cache: {len(tokens)} sequences x {args.length} tokens x {len(layers) + 1} x "
+          f"{spec.config.hidden_size} bf16 -> {need / 2**30:.2f} GiB in {args.out}")
+    target = load_target(spec)
+    written = write_cache(target.config, target.params, layers, tokens, loss_mask, args.out, args.shard_size)
+    (args.out / "cache.json").write_text(json.dumps({"target_layers": list(layers), "length": args.length}))
+    print(f"{len(written)} cache shards in {args.out}")
+
+
+def train(args: argparse.Namespace) -> None:
+    shards = _shards(args.data)
+    spec = describe_target(args.target)
+    layers = _layers(spec, args.num_features)
+    if args.cache is not None:
+        meta_path = args.cache / "cache.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{args.cache} is not a target cache: run `dspark-jax prepare-cache` first")
+        meta = json.loads(meta_path.read_text())
+        if tuple(meta["target_layers"]) != layers:
+            raise ValueError(f"the cache holds target layers {meta['target_layers']}, but --num-features "
+                             f"{args.num_features} needs {list(layers)}: rebuild the cache or match --num-features")
+    drafter = DrafterConfig.for_target(spec.config, num_layers=args.layers, block_size=args.block_size,
+                                       num_features=args.num_features)
+    train_config = TrainConfig(learning_rate=args.learning_rate, warmup_steps=max(1, args.steps // 25),
+                               total_steps=args.steps)
+    run = RunConfig(checkpoint_every=args.checkpoint_every, seed=args.seed)
+
+    # Data and cache are opened (memory-mapped, cheap) before the target loads, so bad input fails first.
+    if args.cache is None:
+        tokens, loss_mask = load_sequences(shards, args.length)
+        if args.batch_size > len(tokens):
+            raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(tokens)} prepared sequences")
+    else:
+        cache_shards = [CachedShard(s) for s in sorted(args.cache.glob("shard-*")) if not s.name.endswith(".tmp")]
+        if not cache_shards or args.batch_size > min(len(s) for s in cache_shards):
+            raise ValueError(f"--batch-size {args.batch_size} exceeds the rows of the smallest cache shard; "
+                             "lower it or rebuild the cache with a larger --shard-size")
+    target = load_target(spec)
+    model = BlockDrafter(drafter, spec.config.vocab_size, args.rank if args.drafter == "dspark" else None,
+                         rngs=nnx.Rngs(args.seed))
+    optimizer = make_optimizer(model, train_config)
+    if args.cache is None:
+        steps = online_steps(model, optimizer, target.config, target.params, jnp.asarray(tokens),
+                             jnp.asarray(loss_mask), args.batch_size, train_config)
+    else:
+        steps = cached_steps(model, optimizer, target.config, target.params, cache_shards, args.batch_size,
+                             train_config)
+    reached = run_training(model, optimizer, steps, train_config, run, args.out)
+    export_drafter(args.out / "drafter", model, target.config, target.params, str(spec.path.name))
+    print(f"trained {reached}/{args.steps} steps; drafter exported to {args.out / 'drafter'}")

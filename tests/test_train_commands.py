@@ -1,0 +1,58 @@
+"""prepare-data -> (prepare-cache) -> train -> generate with the exported drafter, end to end on a tiny target."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dspark_jax import cli
+
+TINY = str(Path(__file__).parent / "data" / "tiny" / "gemma3")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    cli.main(["prepare-data", "--target", TINY, "--out", str(out), "--num-prompts", "6", "--max-prompt-tokens",
+              "80", "--max-new-tokens", "8", "--shard-size", "4", "--batch-size", "3"])
+    return out
+
+
+def test_prepared_data(data):
+    assert sorted(p.name for p in data.glob("sequences-*.npz")) == ["sequences-00000.npz", "sequences-00001.npz"]
+    held_out = [json.loads(line) for line in (data / "held_out.jsonl").read_text().splitlines()]
+    assert len(held_out) > 100 and all(len(r["turns"]) == 1 for r in held_out)
+
+
+@pytest.mark.parametrize("mode", ["online", "cache"])
+def test_train_then_generate(data, tmp_path, mode, capsys):
+    common = ["--target", TINY, "--data", str(data), "--length", "96", "--num-features", "2"]
+    extra = []
+    if mode == "cache":
+        cli.main(["prepare-cache", *common, "--out", str(tmp_path / "cache"), "--shard-size", "3"])
+        assert "GiB" in capsys.readouterr().out
+        extra = ["--cache", str(tmp_path / "cache")]
+    cli.main(["train", "--drafter", "dspark", *common, *extra, "--out", str(tmp_path / "run"), "--steps", "3",
+              "--batch-size", "2", "--block-size", "3", "--rank", "8", "--checkpoint-every", "2"])
+    assert "trained 3/3 steps" in capsys.readouterr().out
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    cli.main(["generate", "--target", TINY, "--prompt", "hello", "--max-new-tokens", "5",
+              "--drafter", str(tmp_path / "run" / "drafter")])
+    assert "tau" in capsys.readouterr().err
+
+
+def test_train_needs_prepared_data(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--drafter", "dflash", "--target", TINY, "--data", str(tmp_path), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "prepare-data" in capsys.readouterr().err
+
+
+def test_cache_must_match_the_drafter_layers(data, tmp_path, capsys):
+    cli.main(["prepare-cache", "--target", TINY, "--data", str(data), "--out", str(tmp_path / "cache"),
+              "--length", "96", "--num-features", "2"])
+    meta = tmp_path / "cache" / "cache.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"target_layers": [0]}))  # made for other layers
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--drafter", "dspark", "--target", TINY, "--data", str(data), "--cache",
+                  str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--num-features", "2"])
+    assert exit_info.value.code == 2 and "rebuild the cache" in capsys.readouterr().err
