@@ -65,6 +65,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--num-features", type=int, default=5)
     p.add_argument("--rank", type=int, default=256, help="DSpark Markov head rank")
     p.add_argument("--learning-rate", type=float, default=6e-4)
+    p.add_argument("--bf16", action="store_true", help="compute the drafter in bfloat16 (weights stay float32)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     return {"prepare-data": prepare_data, "prepare-cache": prepare_cache, "train": train}
@@ -125,7 +126,8 @@ def train(args: argparse.Namespace) -> None:
             raise ValueError(f"the cache holds target layers {meta['target_layers']}, but --num-features "
                              f"{args.num_features} needs {list(layers)}: rebuild the cache or match --num-features")
     drafter = DrafterConfig.for_target(spec.config, num_layers=args.layers, block_size=args.block_size,
-                                       num_features=args.num_features)
+                                       num_features=args.num_features,
+                                       compute_dtype="bfloat16" if args.bf16 else "float32")
     train_config = TrainConfig(learning_rate=args.learning_rate, warmup_steps=max(1, args.steps // 25),
                                total_steps=args.steps)
     run = RunConfig(checkpoint_every=args.checkpoint_every, seed=args.seed)

@@ -37,6 +37,7 @@ class DrafterConfig:
     intermediate_size: int = 1024
     rope_theta: float = 10_000.0
     rms_norm_eps: float = 1e-6
+    compute_dtype: str = "float32"  # "bfloat16" computes the backbone in bf16; parameters stay float32
 
     @classmethod
     def for_target(cls, target: ModelConfig, *, num_layers: int = 1, block_size: int = 7, num_features: int = 5,
@@ -57,17 +58,23 @@ class DrafterConfig:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         if self.block_size < 1 or self.num_layers < 1 or not self.target_layers:
             raise ValueError("a drafter needs block_size >= 1, num_layers >= 1 and at least one target layer")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.compute_dtype)
 
 
 class DraftLayer(nnx.Module):
     def __init__(self, config: DrafterConfig, *, rngs: nnx.Rngs):
         e, h, kv, d, f = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
                           config.intermediate_size)
-        linear = lambda i, o: nnx.Linear(i, o, use_bias=False, rngs=rngs)
+        linear = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=config.dtype, rngs=rngs)
         self.config = config
-        self.attn_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, rngs=rngs)
+        self.attn_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
         self.q, self.k, self.v, self.o = linear(e, h * d), linear(e, kv * d), linear(e, kv * d), linear(h * d, e)
-        self.mlp_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, rngs=rngs)
+        self.mlp_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
         self.gate, self.up, self.down = linear(e, f), linear(e, f), linear(f, e)
 
     def _heads(self, x: jax.Array, n: int) -> jax.Array:
@@ -110,10 +117,10 @@ class DFlashBackbone(nnx.Module):
     def __init__(self, config: DrafterConfig, *, rngs: nnx.Rngs):
         self.config = config
         e = config.hidden_size
-        self.fuse = nnx.Linear(len(config.target_layers) * e, e, use_bias=False, rngs=rngs)
-        self.fuse_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, rngs=rngs)
+        self.fuse = nnx.Linear(len(config.target_layers) * e, e, use_bias=False, dtype=config.dtype, rngs=rngs)
+        self.fuse_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
         self.layers = nnx.List([DraftLayer(config, rngs=rngs) for _ in range(config.num_layers)])
-        self.final_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, rngs=rngs)
+        self.final_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
 
     def _inv_freq(self) -> jax.Array:
         d = self.config.head_dim

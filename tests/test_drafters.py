@@ -1,5 +1,7 @@
 """DFlash backbone masks and DSpark's Markov sampling, on tiny random drafters."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,6 +55,15 @@ def test_block_attends_to_itself_in_both_directions(backbone_inputs):
     changed = run_backbone(model, features, block.at[:, 0, 3].add(1.0), [5, 9])
     assert float(jnp.abs(changed[:, 0, 0] - out[:, 0, 0]).max()) > 1e-4  # slot 0 sees slot 3
     np.testing.assert_array_equal(changed[:, 1], out[:, 1])  # other blocks are independent
+
+
+def test_bfloat16_compute_stays_close_to_float32(backbone_inputs):
+    model, features, block = backbone_inputs
+    bf16 = DFlashBackbone(dataclasses.replace(CONFIG, compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
+    nnx.update(bf16, nnx.state(model))  # same float32 weights
+    out, low = run_backbone(model, features, block, [5, 9]), run_backbone(bf16, features, block, [5, 9])
+    assert low.dtype == jnp.bfloat16 and out.dtype == jnp.float32
+    assert float(jnp.abs(low.astype(jnp.float32) - out).max()) < 0.1 * float(jnp.abs(out).max())
 
 
 def test_default_target_layers_follow_the_design():

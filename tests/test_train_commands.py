@@ -27,7 +27,7 @@ def test_prepared_data(data):
 @pytest.mark.parametrize("mode", ["online", "cache"])
 def test_train_then_generate(data, tmp_path, mode, capsys):
     common = ["--target", TINY, "--data", str(data), "--length", "96", "--num-features", "2"]
-    extra = []
+    extra = ["--bf16"]  # online mode also exercises bfloat16 compute
     if mode == "cache":
         cli.main(["prepare-cache", *common, "--out", str(tmp_path / "cache"), "--shard-size", "3"])
         assert "GiB" in capsys.readouterr().out
