@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import jax
@@ -20,6 +18,7 @@ from flax import nnx
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from dspark_jax.atomic_file import write_atomically
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ConfigError, ModelConfig
 from dspark_jax.models.dflash import DrafterConfig
@@ -33,17 +32,6 @@ def target_fingerprint(config: ModelConfig, params: TransformerParams) -> str:
     """Identity of a target: its architecture plus a sample of its embedding (distinguishes fine-tunes)."""
     sample = np.asarray(params.embed[:: max(1, params.embed.shape[0] // 64), :64], np.float32)
     return hashlib.sha256(repr(config).encode() + sample.tobytes()).hexdigest()[:16]
-
-
-def _write_atomically(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def export_drafter(directory: Path, model: BlockDrafter, target: ModelConfig, target_params: TransformerParams,
@@ -60,8 +48,8 @@ def export_drafter(directory: Path, model: BlockDrafter, target: ModelConfig, ta
         "target": {"name": target_name, "family": target.family, "vocab_size": target.vocab_size,
                    "hidden_size": target.hidden_size, "fingerprint": target_fingerprint(target, target_params)},
     }
-    _write_atomically(directory / WEIGHTS, lambda tmp: save_file(arrays, tmp))
-    _write_atomically(directory / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    write_atomically(directory / WEIGHTS, lambda tmp: save_file(arrays, tmp))
+    write_atomically(directory / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
 
 
 def read_drafter_config(directory: Path) -> dict:

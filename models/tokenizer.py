@@ -15,12 +15,12 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import tokenizers
 
+from dspark_jax.atomic_file import write_atomically
 from dspark_jax.models.config import ConfigError, ModelConfig
 from dspark_jax.models.gguf_loader import END_OF_TURN_TOKENS, GGUFHeader, read_gguf_header, special_token_ids
 
@@ -113,19 +113,6 @@ def _cache_file(path: Path) -> Path:
     return root / "dspark_jax" / "tokenizers" / f"{hashlib.sha256(identity.encode()).hexdigest()}.json"
 
 
-def _write_atomically(target: Path, text: str) -> None:
-    """Readers see the old file or the complete new one, never a partial write."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _convert_gguf(header: GGUFHeader) -> tokenizers.Tokenizer:
     """transformers' GGUF -> fast tokenizer conversion, fed from our (fast) header parse."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
@@ -151,7 +138,8 @@ def _gguf_tokenizer(header: GGUFHeader) -> Tokenizer:
     else:
         backend = _convert_gguf(header)
         try:
-            _write_atomically(cache, backend.to_str())
+            text = backend.to_str()
+            write_atomically(cache, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         except OSError:
             pass  # a read-only cache only costs the conversion again next time
     meta = header.metadata

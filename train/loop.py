@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
 
+from dspark_jax.atomic_file import write_atomically
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.params import TransformerParams
@@ -79,10 +78,7 @@ def _truncate_log(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
 
 
 def run_training(model: BlockDrafter, optimizer: nnx.Optimizer, take_step: StepFn, train: TrainConfig,
@@ -104,6 +100,9 @@ def run_training(model: BlockDrafter, optimizer: nnx.Optimizer, take_step: StepF
     log_path = out_dir / "metrics.jsonl"
     _truncate_log(log_path, start)
 
+    def save(step: int) -> None:
+        manager.save(step, args=ocp.args.StandardSave({"model": nnx.state(model), "optimizer": nnx.state(optimizer)}))
+
     stop_requested = []
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     base_key = jax.random.key(run.seed)
@@ -121,14 +120,13 @@ def run_training(model: BlockDrafter, optimizer: nnx.Optimizer, take_step: StepF
                 log.flush()
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tokens_per_step / seconds:.0f}")
                 bar.update()
-                if step % run.checkpoint_every == 0 or step == train.total_steps or stop_requested:
-                    state = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
-                    manager.save(step, args=ocp.args.StandardSave(state))
+                if step % run.checkpoint_every == 0:
+                    save(step)
                 if after_step is not None:
                     after_step(step, metrics)
-        if stop_requested and manager.latest_step() != step:
-            manager.save(step, args=ocp.args.StandardSave({"model": nnx.state(model),
-                                                           "optimizer": nnx.state(optimizer)}))
+        # The last step is always saved: the end of the run, or wherever SIGTERM stopped it.
+        if manager.latest_step() != step:
+            save(step)
     finally:
         manager.wait_until_finished()
         manager.close()

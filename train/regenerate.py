@@ -11,12 +11,11 @@ with seed + i).
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from dspark_jax.atomic_file import write_atomically
 from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.target import Target
@@ -30,17 +29,6 @@ class RegenerateConfig:
     shard_size: int = 64
     batch_size: int = 8
     seed: int = 0
-
-
-def _save_atomically(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _prompt_ids(target: Target, message: str, max_tokens: int) -> list[int]:
@@ -77,8 +65,9 @@ def regenerate(target: Target, prompts: list[str], out_dir: Path, config: Regene
         tokens = np.full((len(chunk), int(lengths.max())), target.config.pad_token_id, np.int32)
         for row, (p, r) in enumerate(zip(chunk, responses)):
             tokens[row, : len(p) + len(r)] = p + r
-        _save_atomically(path, tokens=tokens, lengths=lengths,
-                         prompt_lengths=np.array([len(p) for p in chunk], np.int32))
+        prompt_lengths = np.array([len(p) for p in chunk], np.int32)
+        write_atomically(path, lambda tmp: np.savez(tmp, tokens=tokens, lengths=lengths,
+                                                    prompt_lengths=prompt_lengths), suffix=".tmp.npz")
     return shards
 
 
