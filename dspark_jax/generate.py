@@ -20,7 +20,7 @@ import numpy as np
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
-from dspark_jax.models.transformer import forward, logits
+from dspark_jax.models.transformer import ForwardOutput, forward, logits
 from dspark_jax.sampling import SamplingConfig, sample
 
 
@@ -46,6 +46,27 @@ class DecodeState:
     done: jax.Array  # bool[B]
     keys: jax.Array  # PRNG key per row, [B]
     steps: jax.Array  # int32[]: decode forward passes so far
+
+
+def prompt_slots(prompt_lengths: jax.Array, width: int, cache_size: int) -> tuple[jax.Array, jax.Array]:
+    """(positions, cache write slots), int32[B, width], for a right-padded prompt batch: token t goes to slot t
+    and padding to slot cache_size, i.e. nowhere, so a cache only ever holds real tokens."""
+    positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (prompt_lengths.shape[0], width))
+    return positions, jnp.where(positions < prompt_lengths[:, None], positions, cache_size)
+
+
+def prefill_prompt(params: TransformerParams, model: ModelConfig, prompt: jax.Array, prompt_lengths: jax.Array,
+                   cache_size: int, capture_layers: tuple[int, ...] = ()) -> tuple[ForwardOutput, jax.Array]:
+    """Runs the prompt batch (int32[B, T], right-padded) into a fresh cache of `cache_size` slots.
+
+    Returns the forward output and float32[B, V], the logits after each row's last prompt token.
+    """
+    positions, write_slots = prompt_slots(prompt_lengths, prompt.shape[1], cache_size)
+    cache = KVCache.empty(model, prompt.shape[0], cache_size, params.embed.dtype)
+    out = forward(params, prompt, positions, cache, config=model, write_slots=write_slots,
+                  capture_layers=capture_layers)
+    last_hidden = jnp.take_along_axis(out.hidden, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+    return out, logits(params, last_hidden, config=model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +98,10 @@ class Decoder:
     def prefill(self, params: TransformerParams, prompt: jax.Array, prompt_lengths: jax.Array,
                 keys: jax.Array) -> DecodeState:
         """prompt: int32[B, T] right-padded; prompt_lengths: int32[B]; keys: [B]. Samples the first token."""
-        batch, width = prompt.shape
-        positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
-        # Padding goes to slot cache_size, i.e. nowhere: the cache only ever holds real tokens.
-        write_slots = jnp.where(positions < prompt_lengths[:, None], positions, self.cache_size)
-        cache = KVCache.empty(self.model, batch, self.cache_size, params.embed.dtype)
-        out = forward(params, prompt, positions, cache, config=self.model, write_slots=write_slots)
-        last_hidden = jnp.take_along_axis(out.hidden, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+        batch = prompt.shape[0]
+        out, last_logits = prefill_prompt(params, self.model, prompt, prompt_lengths, self.cache_size)
         step_keys, next_keys = _split_rows(keys)
-        first = sample(logits(params, last_hidden, config=self.model), step_keys, self.generation.sampling)
+        first = sample(last_logits, step_keys, self.generation.sampling)
         state = DecodeState(
             cache=out.cache,
             tokens=jnp.full((batch, self.generation.max_new_tokens), self.model.pad_token_id, jnp.int32),

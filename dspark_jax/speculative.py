@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dspark_jax.acceptance import accept
-from dspark_jax.generate import GenerationConfig, pad_prompts, round_up
+from dspark_jax.generate import GenerationConfig, pad_prompts, prefill_prompt, round_up
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.kv_cache import KVCache, keep_path
 from dspark_jax.models.params import TransformerParams
@@ -60,16 +60,11 @@ class SpecDecoder:
                 prompt_lengths: jax.Array, key: jax.Array) -> SpecState:
         """prompt: int32[B, T] right-padded; prompt_lengths: int32[B]. Samples the first token."""
         batch, width = prompt.shape
-        positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
-        write_slots = jnp.where(positions < prompt_lengths[:, None], positions, self.cache_size)
-        cache = KVCache.empty(self.model, batch, self.cache_size, params.embed.dtype)
-        out = forward(params, prompt, positions, cache, config=self.model, write_slots=write_slots,
-                      capture_layers=self.proposer.capture_layers)
-        last_hidden = jnp.take_along_axis(out.hidden, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+        out, last_logits = prefill_prompt(params, self.model, prompt, prompt_lengths, self.cache_size,
+                                          self.proposer.capture_layers)
         first_key, proposer_key, key = jax.random.split(key, 3)
         del proposer_key
-        first = sample(logits(params, last_hidden, config=self.model), jax.random.split(first_key, batch),
-                       self.generation.sampling)
+        first = sample(last_logits, jax.random.split(first_key, batch), self.generation.sampling)
         rows = jnp.arange(batch)
         history = jnp.zeros((batch, self.history_size), jnp.int32).at[:, :width].set(prompt)
         history = history.at[rows, prompt_lengths].set(first)

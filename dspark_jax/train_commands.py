@@ -27,7 +27,7 @@ from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
 from dspark_jax.train.loop import RunConfig, cached_steps, online_steps, run_training
 from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
 from dspark_jax.train.sharegpt import first_turns, split
-from dspark_jax.train.target_cache import CachedShard, estimate_bytes, write_cache
+from dspark_jax.train.target_cache import estimate_bytes, open_cache, write_cache
 
 
 def add_commands(sub: argparse._SubParsersAction) -> dict:
@@ -138,7 +138,7 @@ def train(args: argparse.Namespace) -> None:
         if args.batch_size > len(tokens):
             raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(tokens)} prepared sequences")
     else:
-        cache_shards = [CachedShard(s) for s in sorted(args.cache.glob("shard-*")) if not s.name.endswith(".tmp")]
+        cache_shards = open_cache(args.cache)
         if not cache_shards or args.batch_size > min(len(s) for s in cache_shards):
             raise ValueError(f"--batch-size {args.batch_size} exceeds the rows of the smallest cache shard; "
                              "lower it or rebuild the cache with a larger --shard-size")

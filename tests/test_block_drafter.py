@@ -42,7 +42,7 @@ def test_greedy_is_lossless(target, kind, template):
     assert result.stats.target_steps <= 12
 
 
-def test_sampling_runs_with_confidences(target):
+def test_sampling_runs(target):
     config, params = target
     proposer, proposer_params = proposer_for("dspark", config, params)
     sampling = SamplingConfig(temperature=1.0, top_p=0.9)

@@ -59,6 +59,11 @@ def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[in
     return shards
 
 
+def open_cache(directory: Path) -> list[CachedShard]:
+    """Every finished shard of a cache directory (unfinished `.tmp` ones are not shards)."""
+    return [CachedShard(path) for path in sorted(Path(directory).glob("shard-*")) if not path.name.endswith(".tmp")]
+
+
 class CachedShard:
     """One shard, memory-mapped: rows are read from disk only when indexed."""
 

@@ -58,6 +58,14 @@ class Verified:
     features: jax.Array  # [K, B, D + 1, E]: target hidden states of `capture_layers` along the path
     done: jax.Array  # bool[B]
 
+    def committed_slots(self, cache_size: int) -> tuple[jax.Array, jax.Array]:
+        """(positions, cache write slots), int32[B, D + 1], of `tokens`: slot = position for the anchor and
+        the accepted tokens of live rows, cache_size (a dropped write) for padding and finished rows."""
+        offsets = jnp.arange(self.tokens.shape[1], dtype=jnp.int32)[None, :]
+        positions = self.anchor_position[:, None] + offsets
+        keep = (offsets <= self.num_accepted[:, None]) & ~self.done[:, None]
+        return positions, jnp.where(keep, positions, cache_size)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dspark_jax.generate import prompt_slots
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.dflash import DFlashBackbone, DrafterConfig
 from dspark_jax.models.dspark import DSparkHeads
@@ -59,21 +60,16 @@ class BlockDrafterProposer:
 
     def init(self, params: BlockDrafterParams, prefilled: Prefilled, cache_size: int) -> ContextCache:
         batch, width = prefilled.prompt.shape
-        positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
+        positions, slots = prompt_slots(prefilled.prompt_lengths, width, cache_size)
         kv = self._context(params, prefilled.features, positions)
         c = self.drafter
         empty = jnp.zeros((batch, cache_size, c.num_kv_heads, c.head_dim), kv[0][0].dtype)
         cache = ContextCache(keys=[empty] * c.num_layers, values=[empty] * c.num_layers,
                              positions=jnp.full((batch, cache_size), EMPTY_POSITION, jnp.int32))
-        slots = jnp.where(positions < prefilled.prompt_lengths[:, None], positions, cache_size)
         return _write(cache, kv, positions, slots)
 
     def update(self, params: BlockDrafterParams, cache: ContextCache, verified: Verified) -> ContextCache:
-        span = verified.tokens.shape[1]
-        offsets = jnp.arange(span, dtype=jnp.int32)[None, :]
-        positions = verified.anchor_position[:, None] + offsets
-        keep = (offsets <= verified.num_accepted[:, None]) & ~verified.done[:, None]
-        slots = jnp.where(keep, positions, cache.positions.shape[1])
+        positions, slots = verified.committed_slots(cache.positions.shape[1])
         return _write(cache, self._context(params, verified.features, positions), positions, slots)
 
     def propose(self, params: BlockDrafterParams, cache: ContextCache, context: DraftContext,

@@ -13,6 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dspark_jax.generate import prefill_prompt
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.kv_cache import EMPTY_POSITION, KVCache
 from dspark_jax.models.params import TransformerParams
@@ -28,11 +29,8 @@ class DraftModelProposer:
     capture_layers: tuple[int, ...] = ()
 
     def init(self, params: TransformerParams, prefilled: Prefilled, cache_size: int) -> KVCache:
-        batch, width = prefilled.prompt.shape
-        positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
-        slots = jnp.where(positions < prefilled.prompt_lengths[:, None], positions, cache_size)
-        cache = KVCache.empty(self.config, batch, cache_size, params.embed.dtype)
-        return forward(params, prefilled.prompt, positions, cache, config=self.config, write_slots=slots).cache
+        out, _ = prefill_prompt(params, self.config, prefilled.prompt, prefilled.prompt_lengths, cache_size)
+        return out.cache
 
     def propose(self, params: TransformerParams, cache: KVCache, context: DraftContext, template: TreeTemplate,
                 sampling: SamplingConfig, key: jax.Array) -> tuple[Draft, KVCache]:
@@ -52,12 +50,8 @@ class DraftModelProposer:
         return Draft(tokens=jnp.moveaxis(tokens, 0, 1), main_probs=main_probs), cache
 
     def update(self, params: TransformerParams, cache: KVCache, verified: Verified) -> KVCache:
-        batch, span = verified.tokens.shape
-        offsets = jnp.arange(span, dtype=jnp.int32)[None, :]
-        positions = verified.anchor_position[:, None] + offsets
+        positions, slots = verified.committed_slots(cache.size)
         last_kept = verified.anchor_position + verified.num_accepted
-        keep = (offsets <= verified.num_accepted[:, None]) & ~verified.done[:, None]
         cleared = jnp.where(cache.positions > last_kept[:, None], EMPTY_POSITION, cache.positions)
         cache = dataclasses.replace(cache, positions=cleared)
-        slots = jnp.where(keep, positions, cache.size)
         return forward(params, verified.tokens, positions, cache, config=self.config, write_slots=slots).cache
