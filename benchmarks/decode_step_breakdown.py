@@ -5,24 +5,13 @@
 Batch 1, float32, one new token against a 256-slot cache holding 100 tokens; best of 10 jitted runs.
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
+from timing import best_ms
 
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.transformer import forward, logits
 from dspark_jax.target import load_target
-
-
-def best_ms(fn, repeats: int = 10) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
 
 
 def main() -> None:

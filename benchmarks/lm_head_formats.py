@@ -6,23 +6,12 @@ float32 [V, E]; Q8_0-style int8 blocks of 32 with a float32 scale each (dequanti
 function, whole and in 64 vocabulary chunks); bfloat16. Random weights: only the speed matters. Best of 10.
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import best_ms
 
 V, E = 262_144, 640
-
-
-def best_ms(fn, repeats: int = 10) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
 
 
 def main() -> None:

@@ -11,10 +11,10 @@ speedup of any drafter on this machine: speedup <= tau / cost_ratio (ignoring dr
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
+from timing import best_time
 
 from dspark_jax.eval_data import load_prompts
 from dspark_jax.generate import GenerationConfig, generate
@@ -24,16 +24,6 @@ from dspark_jax.proposers.ngram import NgramProposer
 from dspark_jax.speculative import speculative_generate
 from dspark_jax.target import load_target
 from dspark_jax.tree import TreeTemplate
-
-
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    fn()  # compile
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
 
 
 def verify_cost_ratio(target, tokens: int, cache_size: int = 512, repeats: int = 5) -> float:
@@ -48,8 +38,8 @@ def verify_cost_ratio(target, tokens: int, cache_size: int = 512, repeats: int =
 
     cache = KVCache.empty(config, 1, cache_size)
     cache = forward(target.params, jnp.ones((1, 256), jnp.int32), jnp.arange(256)[None], cache, config=config).cache
-    one = best_time(lambda: jax.block_until_ready(step(target.params, cache, jnp.ones((1, 1), jnp.int32))), repeats)[0]
-    many = best_time(lambda: jax.block_until_ready(step(target.params, cache, jnp.ones((1, tokens), jnp.int32))),
+    one = best_time(lambda: step(target.params, cache, jnp.ones((1, 1), jnp.int32)), repeats)[0]
+    many = best_time(lambda: step(target.params, cache, jnp.ones((1, tokens), jnp.int32)),
                      repeats)[0]
     return many / one
 
