@@ -90,7 +90,7 @@ def _drafter(args: argparse.Namespace, spec: TargetSpec):
 
         def build(target):
             model = import_drafter(Path(args.drafter), target.config, target.params)
-            return make_block_proposer(target.config, model.config, model.backbone, model.heads, target.params)
+            return make_block_proposer(target.config, model, target.params)
 
         return template(block_size), build
     raise ValueError(f"unknown --drafter {args.drafter!r}: use none, ngram, model:PATH or an exported drafter dir")

@@ -20,6 +20,7 @@ from flax import nnx
 
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.draft_vocab import most_frequent_tokens
 from dspark_jax.models.drafter_checkpoint import export_drafter
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
@@ -64,6 +65,8 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--num-features", type=int, default=5)
     p.add_argument("--rank", type=int, default=256, help="DSpark Markov head rank")
+    p.add_argument("--draft-vocab", type=int, default=32768,
+                   help="draft over the N most frequent response tokens (0: the target's whole vocabulary)")
     p.add_argument("--learning-rate", type=float, default=6e-4)
     p.add_argument("--bf16", action="store_true", help="compute the drafter in bfloat16 (weights stay float32)")
     p.add_argument("--checkpoint-every", type=int, default=100)
@@ -132,9 +135,11 @@ def train(args: argparse.Namespace) -> None:
                                total_steps=args.steps)
     run = RunConfig(checkpoint_every=args.checkpoint_every, seed=args.seed)
 
+    if args.draft_vocab < 0:
+        raise ValueError(f"--draft-vocab must be >= 0 (0: the whole vocabulary), got {args.draft_vocab}")
     # Data and cache are opened (memory-mapped, cheap) before the target loads, so bad input fails first.
+    tokens, loss_mask = load_sequences(shards, args.length)
     if args.cache is None:
-        tokens, loss_mask = load_sequences(shards, args.length)
         if args.batch_size > len(tokens):
             raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(tokens)} prepared sequences")
     else:
@@ -143,8 +148,10 @@ def train(args: argparse.Namespace) -> None:
             raise ValueError(f"--batch-size {args.batch_size} exceeds the rows of the smallest cache shard; "
                              "lower it or rebuild the cache with a larger --shard-size")
     target = load_target(spec)
-    model = BlockDrafter(drafter, spec.config.vocab_size, args.rank if args.drafter == "dspark" else None,
-                         rngs=nnx.Rngs(args.seed))
+    vocab = spec.config.vocab_size
+    if args.draft_vocab:
+        vocab = most_frequent_tokens(tokens, loss_mask, args.draft_vocab, vocab, always=target.tokenizer.eos_ids)
+    model = BlockDrafter(drafter, vocab, args.rank if args.drafter == "dspark" else None, rngs=nnx.Rngs(args.seed))
     optimizer = make_optimizer(model, train_config)
     if args.cache is None:
         steps = online_steps(model, optimizer, target.config, target.params, jnp.asarray(tokens),

@@ -1,8 +1,9 @@
 """Exporting and importing a trained DFlash/DSpark drafter: `drafter.safetensors` + `drafter.json`.
 
-Only the drafter's own weights are stored (embedding and LM head stay the target's). The JSON names the
-target the drafter was trained against by a fingerprint of its config and embedding, so loading a drafter
-against another target fails with a message instead of drafting garbage. Both files are written atomically.
+Only the drafter's own weights and its draft vocabulary are stored (embedding and LM head stay the
+target's). The JSON names the target the drafter was trained against by a fingerprint of its config and
+embedding, so loading a drafter against another target fails with a message instead of drafting garbage.
+Both files are written atomically.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from dspark_jax.atomic_file import write_atomically
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ConfigError, ModelConfig
 from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.draft_vocab import VocabMap
 from dspark_jax.models.params import TransformerParams
 
 WEIGHTS, CONFIG = "drafter.safetensors", "drafter.json"
-FORMAT_VERSION = 1
+VOCAB_KEY = "vocab"  # the BlockDrafter attribute holding the draft → target id map
+FORMAT_VERSION = 2
 
 
 def target_fingerprint(config: ModelConfig, params: TransformerParams) -> str:
@@ -38,13 +41,13 @@ def export_drafter(directory: Path, model: BlockDrafter, target: ModelConfig, ta
                    target_name: str) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    arrays = {"/".join(map(str, path)): np.asarray(variable.get_value()) for path, variable in flat}
+    arrays = {name: np.asarray(variable.get_value()) for name, variable in _stored(model)}
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": "dspark" if model.heads is not None else "dflash",
         "drafter": dataclasses.asdict(model.config),
         "dspark_rank": None if model.heads is None else int(model.heads.transition_in.embedding.shape[1]),
+        "draft_vocab_size": int(model.vocab.get_value().shape[0]),
         "target": {"name": target_name, "family": target.family, "vocab_size": target.vocab_size,
                    "hidden_size": target.hidden_size, "fingerprint": target_fingerprint(target, target_params)},
     }
@@ -77,15 +80,24 @@ def import_drafter(directory: Path, target: ModelConfig, target_params: Transfor
     meta = read_drafter_config(directory)
     check_drafter_target(meta, target, target_params)
     drafter = DrafterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["drafter"].items()})
-    model = BlockDrafter(drafter, target.vocab_size, meta["dspark_rank"], rngs=nnx.Rngs(0))
     try:
         arrays = load_file(Path(directory) / WEIGHTS)
     except (SafetensorError, OSError) as error:
         raise ConfigError(f"{Path(directory) / WEIGHTS}: file is truncated or corrupt ({error})") from None
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    missing = ["/".join(map(str, path)) for path, _ in flat if "/".join(map(str, path)) not in arrays]
-    if missing or len(arrays) != len(flat):
+    vocab = arrays.get(VOCAB_KEY)
+    if vocab is None or vocab.shape != (meta["draft_vocab_size"],) or vocab.max(initial=0) >= target.vocab_size:
+        raise ConfigError(f"{directory}: the draft vocabulary map {VOCAB_KEY!r} is missing or does not fit the target")
+    model = BlockDrafter(drafter, vocab, meta["dspark_rank"], rngs=nnx.Rngs(0))
+    stored = _stored(model)
+    missing = [name for name, _ in stored if name not in arrays]
+    if missing or len(arrays) != len(stored):
         raise ConfigError(f"{directory}: weights do not match {CONFIG} (missing e.g. {missing[:3]})")
-    for path, variable in flat:
-        variable.set_value(jax.numpy.asarray(arrays["/".join(map(str, path))]))
+    for name, variable in stored:
+        variable.set_value(jax.numpy.asarray(arrays[name]))
     return model
+
+
+def _stored(model: BlockDrafter) -> list[tuple[str, nnx.Variable]]:
+    """(name, variable) of everything a drafter file holds: trained parameters and the vocabulary map."""
+    flat = nnx.to_flat_state(nnx.state(model, (nnx.Param, VocabMap)))
+    return [("/".join(map(str, path)), variable) for path, variable in flat]

@@ -6,6 +6,9 @@ W1: V×r, W2: r×V, where x_{k-1} is the previous token of the block (the anchor
 left to right, each transition bias depending on the token just drawn. The confidence head
 c_k = σ(w · [h_k ; W1[x_{k-1}]]) estimates the probability that token k survives verification given that
 every earlier one did; the scheduler uses it to choose how much of the draft to verify.
+
+Everything here lives in the draft vocabulary (size Vd, see draft_vocab.py): W1 has one extra row for
+"a token outside the draft vocabulary", which the anchor may be.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ from dspark_jax.sampling import SamplingConfig
 
 class DSparkHeads(nnx.Module):
     def __init__(self, vocab_size: int, hidden_size: int, rank: int = 256, *, rngs: nnx.Rngs):
-        self.transition_in = nnx.Embed(vocab_size, rank, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        """vocab_size: Vd, the draft vocabulary's size."""
+        self.transition_in = nnx.Embed(vocab_size + 1, rank, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
         # Zero output map: training starts from the plain DFlash distribution.
         self.transition_out = nnx.Linear(rank, vocab_size, use_bias=False, kernel_init=nnx.initializers.zeros,
                                          rngs=rngs)
         self.confidence = nnx.Linear(hidden_size + rank, 1, rngs=rngs)
 
     def transition(self, previous: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """previous: int[...] → (bias B(previous, ·) [..., V], W1[previous] [..., r])."""
+        """previous: int[...] draft ids (Vd = outside) → (bias B(previous, ·) [..., Vd], W1[previous] [..., r])."""
         code = self.transition_in(previous)
         return self.transition_out(code), code
 
@@ -48,8 +52,8 @@ class DSparkHeads(nnx.Module):
                      sampling: SamplingConfig, key: jax.Array):
         """Drafting: the γ tokens left to right (one `lax.scan`), each from U_k + B(main token k-1, ·).
 
-        base_logits: [B, γ, V]; hidden: [B, γ, E]; anchor: int[B]. Returns (candidates int[B, γ, W] with the
-        main chain at w = 0, q [B, γ, V] or None when greedy, confidence [B, γ]).
+        base_logits: [B, γ, Vd]; hidden: [B, γ, E]; anchor: int[B] (draft id). Returns (candidates, draft ids
+        int[B, γ, W] with the main chain at w = 0, q [B, γ, Vd] or None when greedy, confidence [B, γ]).
         """
         def step(previous, xs):
             logits_k, hidden_k, key_k = xs

@@ -18,13 +18,16 @@ CONFIG = tiny_config("qwen2")
 PARAMS = init_params(CONFIG, jax.random.key(0))
 
 
-@pytest.mark.parametrize("rank", [None, 8], ids=["dflash", "dspark"])
-def test_round_trip(tmp_path, rank):
+@pytest.mark.parametrize("rank, vocab", [(None, None), (8, None), (8, np.array([1, 4, 9, 30]))],
+                         ids=["dflash", "dspark", "dspark-reduced-vocab"])
+def test_round_trip(tmp_path, rank, vocab):
     drafter = DrafterConfig.for_target(CONFIG, num_layers=2, block_size=5, num_features=2)
-    model = BlockDrafter(drafter, CONFIG.vocab_size, rank, rngs=nnx.Rngs(4))
+    model = BlockDrafter(drafter, CONFIG.vocab_size if vocab is None else vocab, rank, rngs=nnx.Rngs(4))
     export_drafter(tmp_path, model, CONFIG, PARAMS, "tiny-qwen2")
     loaded = import_drafter(tmp_path, CONFIG, PARAMS)
     assert loaded.config == drafter and (loaded.heads is None) == (rank is None)
+    if vocab is not None:
+        np.testing.assert_array_equal(loaded.vocab.get_value(), vocab)
     for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(loaded))):
         np.testing.assert_array_equal(a, b)
     assert not list(tmp_path.glob("*.tmp"))

@@ -45,7 +45,7 @@ def data():
 
 def tau(config, params, model, prompts):
     """Greedy tau on prompts the drafter never trained on, checking losslessness on the way."""
-    proposer, proposer_params = make_block_proposer(config, model.config, model.backbone, model.heads, params)
+    proposer, proposer_params = make_block_proposer(config, model, params)
     generation = GenerationConfig(max_new_tokens=RESPONSE_LENGTH)
     result = speculative_generate(params, config, prompts, generation, proposer, proposer_params, TreeTemplate(1, 4))
     assert result.tokens == generate(params, config, prompts, generation)  # lossless before and after training

@@ -24,6 +24,13 @@ def softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
+def log_softmax(x):
+    return np.log(softmax(x))
+
+
+target_lp = log_softmax(target)
+
+
 def weights():
     return np.exp(-np.arange(G) / 4.0)
 
@@ -49,7 +56,7 @@ def test_dspark_loss_terms():
     c = 1 / (1 + np.exp(-conf))
     bce = -(label * np.log(c) + (1 - label) * np.log(1 - c))
     ce = -np.log(np.take_along_axis(pd, tokens[..., None], -1)[..., 0])
-    total, parts = dspark_loss(draft, target, conf, tokens, valid)
+    total, parts = dspark_loss(draft, target_lp, conf, tokens, valid)
     np.testing.assert_allclose(parts["ce"], reference_weighted_mean(ce), rtol=1e-5)
     np.testing.assert_allclose(parts["tv"], reference_weighted_mean(l1), rtol=1e-5)
     np.testing.assert_allclose(parts["conf"], reference_weighted_mean(bce), rtol=1e-5)
@@ -59,9 +66,9 @@ def test_dspark_loss_terms():
 
 def test_confidence_label_carries_no_gradient_into_the_drafter():
     conf_only = DSparkLossWeights(ce=0.0, tv=0.0, conf=1.0)
-    grad = jax.grad(lambda d: dspark_loss(d, target, conf, tokens, valid, conf_only)[0])(jnp.asarray(draft))
+    grad = jax.grad(lambda d: dspark_loss(d, target_lp, conf, tokens, valid, conf_only)[0])(jnp.asarray(draft))
     np.testing.assert_array_equal(grad, 0.0)
-    grad_conf = jax.grad(lambda c: dspark_loss(draft, target, c, tokens, valid, conf_only)[0])(jnp.asarray(conf))
+    grad_conf = jax.grad(lambda c: dspark_loss(draft, target_lp, c, tokens, valid, conf_only)[0])(jnp.asarray(conf))
     assert np.all(np.abs(grad_conf[valid]) > 0) and np.all(grad_conf[~valid] == 0)
 
 
@@ -69,8 +76,8 @@ def test_invalid_positions_change_nothing():
     changed = draft.copy()
     changed[2, 2:] += 5.0
     np.testing.assert_allclose(dflash_loss(changed, tokens, valid), dflash_loss(draft, tokens, valid), rtol=1e-6)
-    np.testing.assert_allclose(dspark_loss(changed, target, conf, tokens, valid)[0],
-                               dspark_loss(draft, target, conf, tokens, valid)[0], rtol=1e-6)
+    np.testing.assert_allclose(dspark_loss(changed, target_lp, conf, tokens, valid)[0],
+                               dspark_loss(draft, target_lp, conf, tokens, valid)[0], rtol=1e-6)
 
 
 def test_eagle3_soft_cross_entropy():
@@ -83,4 +90,23 @@ def test_eagle3_soft_cross_entropy():
     logq = np.log(softmax(step_logits))
     soft = -(softmax(target_logits) * logq).sum(-1)
     expected = sum(0.8**k * soft[k][mask[k]].mean() for k in range(steps))
-    np.testing.assert_allclose(eagle3_loss(step_logits, target_logits, mask), expected, rtol=1e-5)
+    np.testing.assert_allclose(eagle3_loss(step_logits, log_softmax(target_logits), mask), expected, rtol=1e-5)
+
+
+def test_reduced_vocabulary_losses():
+    """Draft vocabulary = tokens {0, 2, 3, 5} of V = 6: the target's outside mass enters the L1 distance and
+    tokens outside carry no cross-entropy."""
+    kept = np.array([0, 2, 3, 5])
+    to_draft = np.full(V, -1)
+    to_draft[kept] = np.arange(len(kept))
+    draft_small, targets_small = draft[..., kept], to_draft[tokens]
+    pd, pt = softmax(draft_small), softmax(target)[..., kept]
+    l1 = np.abs(pd - pt).sum(-1) + (1 - pt.sum(-1))
+    inside = valid & (targets_small >= 0)
+    ce = -np.log(np.take_along_axis(pd, np.maximum(targets_small, 0)[..., None], -1)[..., 0])
+    w = inside * weights()[None]
+    _, parts = dspark_loss(draft_small, target_lp[..., kept], conf, targets_small, valid)
+    np.testing.assert_allclose(parts["tv"], reference_weighted_mean(l1), rtol=1e-5)
+    np.testing.assert_allclose(parts["ce"], (ce * w).sum() / w.sum(), rtol=1e-5)
+    np.testing.assert_allclose(dflash_loss(draft_small, targets_small, valid), (ce * w).sum() / w.sum(), rtol=1e-5)
+    assert (targets_small[valid] < 0).any()  # the case under test occurs

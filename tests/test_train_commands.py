@@ -27,7 +27,7 @@ def test_prepared_data(data):
 @pytest.mark.parametrize("mode", ["online", "cache"])
 def test_train_then_generate(data, tmp_path, mode, capsys):
     common = ["--target", TINY, "--data", str(data), "--length", "96", "--num-features", "2"]
-    extra = ["--bf16"]  # online mode also exercises bfloat16 compute
+    extra = ["--bf16", "--draft-vocab", "40"]  # online mode also exercises bf16 and a reduced draft vocabulary
     if mode == "cache":
         cli.main(["prepare-cache", *common, "--out", str(tmp_path / "cache"), "--shard-size", "3"])
         assert "GiB" in capsys.readouterr().out
@@ -36,6 +36,8 @@ def test_train_then_generate(data, tmp_path, mode, capsys):
               "--batch-size", "2", "--block-size", "3", "--rank", "8", "--checkpoint-every", "2"])
     assert "trained 3/3 steps" in capsys.readouterr().out
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    exported = json.loads((tmp_path / "run" / "drafter" / "drafter.json").read_text())
+    assert exported["draft_vocab_size"] == (40 if mode == "online" else 256)
     cli.main(["generate", "--target", TINY, "--prompt", "hello", "--max-new-tokens", "5",
               "--drafter", str(tmp_path / "run" / "drafter")])
     assert "tau" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from flax import nnx
 
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.draft_vocab import DraftHead
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import forward, logits
@@ -59,18 +60,21 @@ def drafter_loss(model: BlockDrafter, target: ModelConfig, params: TransformerPa
     context = model.backbone.context(features, jnp.broadcast_to(jnp.arange(length), (batch, length)))
     embeddings = jnp.take(params.embed, blocks.inputs, axis=0) * jnp.asarray(target.embed_scale, params.embed.dtype)
     hidden = model.backbone(embeddings, blocks.positions, context, blocks.context_visible)  # [B, N, γ, E]
-    draft_logits = logits(params, hidden, config=target)
+    head = DraftHead.from_target(target, params, model.vocab.get_value())
+    draft_logits = head.logits(hidden)
     source_hidden = jnp.take_along_axis(final_hidden[:, None], blocks.source[..., None], axis=2)
     target_logits = logits(params, source_hidden, config=target)
+    targets = head.to_draft(blocks.targets)
+    targets = jnp.where(targets == head.size, -1, targets)
     flat = lambda a: a.reshape(-1, *a.shape[2:])
     if model.heads is None:
-        value = dflash_loss(flat(draft_logits), flat(blocks.targets), flat(blocks.valid), loss.decay)
+        value = dflash_loss(flat(draft_logits), flat(targets), flat(blocks.valid), loss.decay)
         parts = {"ce": value}
     else:
-        draft_logits, confidence = model.heads.teacher_forced(draft_logits, hidden, blocks.previous)
-        value, parts = dspark_loss(flat(draft_logits), flat(target_logits), flat(confidence), flat(blocks.targets),
-                                   flat(blocks.valid), loss)
-    accepted = jnp.argmax(draft_logits, -1) == jnp.argmax(target_logits, -1)
+        draft_logits, confidence = model.heads.teacher_forced(draft_logits, hidden, head.to_draft(blocks.previous))
+        value, parts = dspark_loss(flat(draft_logits), flat(head.target_log_probs(target_logits)), flat(confidence),
+                                   flat(targets), flat(blocks.valid), loss)
+    accepted = head.to_target(jnp.argmax(draft_logits, -1)) == jnp.argmax(target_logits, -1)
     parts["top1_agreement"] = jnp.sum(accepted & blocks.valid) / jnp.maximum(jnp.sum(blocks.valid), 1)
     return value, parts
 

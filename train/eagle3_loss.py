@@ -5,13 +5,14 @@ import jax
 import jax.numpy as jnp
 
 
-def eagle3_loss(step_logits: jax.Array, target_logits: jax.Array, valid: jax.Array,
+def eagle3_loss(step_logits: jax.Array, target_log_probs: jax.Array, valid: jax.Array,
                 step_decay: float = 0.8) -> jax.Array:
-    """Scalar loss. step_logits: [K, N, T, V], the drafter's logits at unroll step k for every position;
-    target_logits: [K, N, T, V], the target's logits for the token each step predicts; valid bool[K, N, T]
-    (step k at position t needs t + k inside the sequence and the loss mask)."""
+    """Scalar loss. step_logits: [K, N, T, Vd], the drafter's logits at unroll step k for every position;
+    target_log_probs: [K, N, T, Vd], the target's log-probabilities (over its full vocabulary) of the draft
+    tokens for the token each step predicts; valid bool[K, N, T] (step k at position t needs t + k inside the
+    sequence and the loss mask). Target mass outside the draft vocabulary is ignored, as in EAGLE-3."""
     log_draft = jax.nn.log_softmax(step_logits.astype(jnp.float32), axis=-1)
-    p_target = jax.nn.softmax(target_logits.astype(jnp.float32), axis=-1)
+    p_target = jnp.exp(target_log_probs.astype(jnp.float32))
     soft_ce = -jnp.sum(p_target * log_draft, axis=-1)  # [K, N, T]
     mask = valid.astype(jnp.float32)
     per_step = jnp.sum(soft_ce * mask, axis=(1, 2)) / jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)

@@ -5,7 +5,8 @@ position (a fixed-size cache like the target's). `init` fills it from the target
 `update` appends the features of the verified path (anchor + accepted tokens), and `propose` runs the
 backbone once over [anchor, mask, ..., mask] and turns its hidden states into draft tokens: independently
 per slot for DFlash, left to right through the Markov head for DSpark (which also yields confidences).
-Embedding and LM head are the target's own arrays, passed in, never copied.
+Embedding and LM head are the target's own arrays, passed in (the head restricted once to the draft
+vocabulary); drafts are made in draft ids and handed to the engine as target ids.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dspark_jax.generate import prompt_slots
+from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ModelConfig
-from dspark_jax.models.dflash import DFlashBackbone, DrafterConfig
-from dspark_jax.models.dspark import DSparkHeads
+from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.draft_vocab import DraftHead
 from dspark_jax.models.kv_cache import EMPTY_POSITION
 from dspark_jax.models.params import TransformerParams
-from dspark_jax.models.transformer import logits
 from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified, expand_candidates
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.tree import TreeTemplate
@@ -34,6 +35,7 @@ class BlockDrafterParams:
     backbone: nnx.State
     heads: nnx.State | None  # None for DFlash
     target: TransformerParams  # the target's weights: embedding and head are read, never stored twice
+    head: DraftHead  # the target's head over the draft vocabulary
 
 
 @jax.tree_util.register_dataclass
@@ -86,16 +88,20 @@ class BlockDrafterProposer:
         backbone = nnx.merge(self.backbone_def, params.backbone)
         hidden = backbone(embeddings[:, None], positions[:, None], list(zip(cache.keys, cache.values)),
                           visible[:, None])[:, 0]
-        base_logits = logits(params.target, hidden, config=self.target)  # [B, γ, V]
+        head = params.head
+        base_logits = head.logits(hidden)  # [B, γ, Vd]
+        confidence = None
         if self.heads_def is None:  # DFlash: slots are independent
             keys = jax.random.split(key, depth)
             picks = [expand_candidates(base_logits[:, k], template.width, sampling, keys[k]) for k in range(depth)]
             tokens = jnp.stack([p[0] for p in picks], axis=1)
             q = None if sampling.greedy else jnp.stack([p[1] for p in picks], axis=1)
-            return Draft(tokens=tokens, main_probs=q), cache
-        heads = nnx.merge(self.heads_def, params.heads)
-        tokens, q, confidence = heads.sample_block(base_logits, hidden, anchor, template.width, sampling, key)
-        return Draft(tokens=tokens, main_probs=q, confidence=confidence), cache
+        else:
+            heads = nnx.merge(self.heads_def, params.heads)
+            tokens, q, confidence = heads.sample_block(base_logits, hidden, head.to_draft(anchor), template.width,
+                                                       sampling, key)
+        q = None if q is None else head.probs_to_target(q)
+        return Draft(tokens=head.to_target(tokens), main_probs=q, confidence=confidence), cache
 
 
 def _write(cache: ContextCache, kv: list[tuple[jax.Array, jax.Array]], positions: jax.Array,
@@ -106,10 +112,10 @@ def _write(cache: ContextCache, kv: list[tuple[jax.Array, jax.Array]], positions
     return ContextCache(keys=keys, values=values, positions=cache.positions.at[rows, slots].set(positions, mode="drop"))
 
 
-def make_block_proposer(target: ModelConfig, drafter: DrafterConfig, backbone: DFlashBackbone,
-                        heads: DSparkHeads | None, target_params: TransformerParams):
-    """(proposer, params) for the engine from NNX modules: DSpark when `heads` is given, else DFlash."""
-    backbone_def, backbone_state = nnx.split(backbone)
-    heads_def, heads_state = nnx.split(heads) if heads is not None else (None, None)
-    proposer = BlockDrafterProposer(target, drafter, backbone_def, heads_def)
-    return proposer, BlockDrafterParams(backbone=backbone_state, heads=heads_state, target=target_params)
+def make_block_proposer(target: ModelConfig, model: BlockDrafter, target_params: TransformerParams):
+    """(proposer, params) for the engine from a DSpark (heads set) or DFlash drafter."""
+    backbone_def, backbone_state = nnx.split(model.backbone)
+    heads_def, heads_state = nnx.split(model.heads) if model.heads is not None else (None, None)
+    proposer = BlockDrafterProposer(target, model.config, backbone_def, heads_def)
+    head = DraftHead.from_target(target, target_params, model.vocab.get_value())
+    return proposer, BlockDrafterParams(backbone=backbone_state, heads=heads_state, target=target_params, head=head)

@@ -1,0 +1,98 @@
+"""The draft vocabulary: the drafter predicts over a subset of the target's tokens (EAGLE-3's d2t / t2d maps).
+
+Gemma's vocabulary has 262k tokens; a drafter head over all of them costs as much as the target's and the
+Markov head's two V×r tables dominate the checkpoint. Restricting drafting to the most frequent tokens of
+the training responses keeps both small while losing almost no acceptance (a token outside the subset is
+simply never proposed; verification stays lossless because the target decides).
+
+The subset is stored as `draft_to_target`, the sorted target ids of the Vd draft tokens. Target → draft is a
+binary search into it; target tokens outside the subset map to Vd, an extra "other" index the Markov head
+embeds. The logits are the target's own head rows, gathered once (`DraftHead`), never trained or stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.params import TransformerParams
+
+
+class VocabMap(nnx.Variable):
+    """Non-trainable int32[Vd] map from draft ids to target ids, saved with the drafter's weights."""
+
+
+def full_vocab(vocab_size: int) -> np.ndarray:
+    return np.arange(vocab_size, dtype=np.int32)
+
+
+def most_frequent_tokens(tokens: np.ndarray, loss_mask: np.ndarray, size: int, vocab_size: int,
+                         always: tuple[int, ...] = ()) -> np.ndarray:
+    """Sorted int32[min(size, V)]: the `size` tokens seen most often where loss_mask is set (the responses
+    the drafter learns), plus `always` (stop tokens), ties broken by lower id. tokens, loss_mask: [N, T]."""
+    if size < 1:
+        raise ValueError(f"draft vocabulary size must be >= 1, got {size}")
+    size = min(size, vocab_size)
+    counts = np.bincount(np.asarray(tokens)[np.asarray(loss_mask, bool)].ravel(), minlength=vocab_size)
+    counts = counts.astype(np.float64)
+    counts[list(always)] = np.inf
+    order = np.argsort(-counts, kind="stable")[:size]
+    return np.sort(order).astype(np.int32)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DraftHead:
+    """The target's LM head restricted to the draft vocabulary, with the maps between the two id spaces."""
+
+    weight: jax.Array  # [Vd, E]: rows of the target head (the head itself when Vd = V)
+    draft_to_target: jax.Array  # int32[Vd], sorted
+    target_vocab_size: int = dataclasses.field(metadata=dict(static=True))
+    final_logit_softcap: float | None = dataclasses.field(metadata=dict(static=True))
+
+    @classmethod
+    def from_target(cls, config: ModelConfig, params: TransformerParams, draft_to_target) -> DraftHead:
+        draft_to_target = jnp.asarray(draft_to_target, jnp.int32)
+        full = draft_to_target.shape[0] == config.vocab_size  # sorted and unique, so it is the identity
+        weight = params.head if full else jnp.take(params.head, draft_to_target, axis=0)
+        return cls(weight, draft_to_target, config.vocab_size, config.final_logit_softcap)
+
+    @property
+    def size(self) -> int:
+        return self.draft_to_target.shape[0]
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """float32[..., Vd] from final-normed hidden states [..., E] (the target's head, same soft-capping)."""
+        out = jnp.einsum("...e,ve->...v", hidden, self.weight.astype(hidden.dtype),
+                         preferred_element_type=jnp.float32)
+        if self.final_logit_softcap is not None:
+            out = jnp.tanh(out / self.final_logit_softcap) * self.final_logit_softcap
+        return out
+
+    def to_target(self, draft_ids: jax.Array) -> jax.Array:
+        return jnp.take(self.draft_to_target, draft_ids, axis=0)
+
+    def to_draft(self, target_ids: jax.Array) -> jax.Array:
+        """int32: the draft id of each target token, Vd for tokens outside the draft vocabulary."""
+        index = jnp.clip(jnp.searchsorted(self.draft_to_target, target_ids), 0, self.size - 1)
+        return jnp.where(self.draft_to_target[index] == target_ids, index, self.size).astype(jnp.int32)
+
+    def probs_to_target(self, q: jax.Array) -> jax.Array:
+        """[..., V] from draft probabilities [..., Vd]: zero mass outside the draft vocabulary."""
+        if self.size == self.target_vocab_size:
+            return q
+        return jnp.zeros((*q.shape[:-1], self.target_vocab_size), q.dtype).at[..., self.draft_to_target].set(q)
+
+    def target_log_probs(self, target_logits_full: jax.Array) -> jax.Array:
+        """float32[..., Vd]: the target's log-probabilities (normalised over its whole vocabulary) of the
+        draft tokens, from its full logits [..., V]."""
+        log_probs = jax.nn.log_softmax(target_logits_full.astype(jnp.float32), axis=-1)
+        if self.size == self.target_vocab_size:
+            return log_probs
+        return jnp.take(log_probs, self.draft_to_target, axis=-1)
+
