@@ -13,9 +13,9 @@ from dspark_jax import speculative, train_commands
 from dspark_jax.generate import GenerationConfig, generate_stream, pad_prompts
 from dspark_jax.models.drafter_checkpoint import import_drafter, read_drafter_config
 from dspark_jax.models.sharding import make_mesh
-from dspark_jax.proposers.block_drafter import make_block_proposer
 from dspark_jax.proposers.draft_model import DraftModelProposer
 from dspark_jax.proposers.ngram import NgramProposer
+from dspark_jax.proposers.trained import drafter_proposer
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.target import DEFAULT_TARGET, TargetSpec, describe_target, load_target
 from dspark_jax.tree import TreeTemplate
@@ -90,7 +90,7 @@ def _drafter(args: argparse.Namespace, spec: TargetSpec):
 
         def build(target):
             model = import_drafter(Path(args.drafter), target.config, target.params)
-            return make_block_proposer(target.config, model, target.params)
+            return drafter_proposer(target.config, model, target.params)
 
         return template(block_size), build
     raise ValueError(f"unknown --drafter {args.drafter!r}: use none, ngram, model:PATH or an exported drafter dir")

@@ -1,4 +1,4 @@
-"""`dspark-jax prepare-data`, `prepare-cache` and `train`: the DeepSpec recipe for DFlash/DSpark drafters.
+"""`dspark-jax prepare-data`, `prepare-cache` and `train`: the DeepSpec recipe for DSpark, DFlash and EAGLE-3.
 
     dspark-jax prepare-data --out data/ --num-prompts 512        # ShareGPT prompts, responses by the target
     dspark-jax prepare-cache --data data/ --out cache/            # optional offline target features
@@ -22,6 +22,7 @@ from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import most_frequent_tokens
 from dspark_jax.models.drafter_checkpoint import export_drafter
+from dspark_jax.models.eagle3 import Eagle3Drafter
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
@@ -52,8 +53,8 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--num-features", type=int, default=5, help="target layers fused by the drafter (K)")
     p.add_argument("--shard-size", type=int, default=64)
 
-    p = sub.add_parser("train", help="train a DFlash or DSpark drafter for the target")
-    p.add_argument("--drafter", choices=("dspark", "dflash"), required=True)
+    p = sub.add_parser("train", help="train a DSpark, DFlash or EAGLE-3 drafter for the target")
+    p.add_argument("--drafter", choices=("dspark", "dflash", "eagle3"), required=True)
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
     p.add_argument("--cache", type=Path, default=None, help="directory written by prepare-cache (else online)")
@@ -62,8 +63,9 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--length", type=int, default=512)
     p.add_argument("--block-size", type=int, default=7)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--num-features", type=int, default=5)
+    p.add_argument("--layers", type=int, default=1, help="drafter layers (EAGLE-3 has exactly one)")
+    p.add_argument("--num-features", type=int, default=None,
+                   help="target layers fused by the drafter (K); default 5 for DSpark/DFlash, 3 for EAGLE-3")
     p.add_argument("--rank", type=int, default=256, help="DSpark Markov head rank")
     p.add_argument("--draft-vocab", type=int, default=32768,
                    help="draft over the N most frequent response tokens (0: the target's whole vocabulary)")
@@ -117,6 +119,10 @@ def prepare_cache(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
+    if args.drafter == "eagle3" and args.layers != 1:
+        raise ValueError(f"an EAGLE-3 drafter has exactly one layer: drop --layers {args.layers}")
+    if args.num_features is None:
+        args.num_features = 3 if args.drafter == "eagle3" else 5
     shards = _shards(args.data)
     spec = describe_target(args.target)
     layers = _layers(spec, args.num_features)
@@ -151,7 +157,10 @@ def train(args: argparse.Namespace) -> None:
     vocab = spec.config.vocab_size
     if args.draft_vocab:
         vocab = most_frequent_tokens(tokens, loss_mask, args.draft_vocab, vocab, always=target.tokenizer.eos_ids)
-    model = BlockDrafter(drafter, vocab, args.rank if args.drafter == "dspark" else None, rngs=nnx.Rngs(args.seed))
+    if args.drafter == "eagle3":
+        model = Eagle3Drafter(drafter, vocab, rngs=nnx.Rngs(args.seed))
+    else:
+        model = BlockDrafter(drafter, vocab, args.rank if args.drafter == "dspark" else None, rngs=nnx.Rngs(args.seed))
     optimizer = make_optimizer(model, train_config)
     if args.cache is None:
         steps = online_steps(model, optimizer, target.config, target.params, jnp.asarray(tokens),

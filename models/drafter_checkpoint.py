@@ -1,4 +1,4 @@
-"""Exporting and importing a trained DFlash/DSpark drafter: `drafter.safetensors` + `drafter.json`.
+"""Exporting and importing a trained DFlash, DSpark or EAGLE-3 drafter: `drafter.safetensors` + `drafter.json`.
 
 Only the drafter's own weights and its draft vocabulary are stored (embedding and LM head stay the
 target's). The JSON names the target the drafter was trained against by a fingerprint of its config and
@@ -24,6 +24,7 @@ from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ConfigError, ModelConfig
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import VocabMap
+from dspark_jax.models.eagle3 import Eagle3Drafter
 from dspark_jax.models.params import TransformerParams
 
 WEIGHTS, CONFIG = "drafter.safetensors", "drafter.json"
@@ -37,16 +38,25 @@ def target_fingerprint(config: ModelConfig, params: TransformerParams) -> str:
     return hashlib.sha256(repr(config).encode() + sample.tobytes()).hexdigest()[:16]
 
 
-def export_drafter(directory: Path, model: BlockDrafter, target: ModelConfig, target_params: TransformerParams,
+Drafter = BlockDrafter | Eagle3Drafter
+
+
+def drafter_kind(model: Drafter) -> str:
+    if isinstance(model, Eagle3Drafter):
+        return "eagle3"
+    return "dspark" if model.heads is not None else "dflash"
+
+
+def export_drafter(directory: Path, model: Drafter, target: ModelConfig, target_params: TransformerParams,
                    target_name: str) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {name: np.asarray(variable.get_value()) for name, variable in _stored(model)}
     meta = {
         "format_version": FORMAT_VERSION,
-        "kind": "dspark" if model.heads is not None else "dflash",
+        "kind": drafter_kind(model),
         "drafter": dataclasses.asdict(model.config),
-        "dspark_rank": None if model.heads is None else int(model.heads.transition_in.embedding.shape[1]),
+        "dspark_rank": None if drafter_kind(model) != "dspark" else int(model.heads.transition_in.embedding.shape[1]),
         "draft_vocab_size": int(model.vocab.get_value().shape[0]),
         "target": {"name": target_name, "family": target.family, "vocab_size": target.vocab_size,
                    "hidden_size": target.hidden_size, "fingerprint": target_fingerprint(target, target_params)},
@@ -76,7 +86,7 @@ def check_drafter_target(meta: dict, target: ModelConfig, target_params: Transfo
         )
 
 
-def import_drafter(directory: Path, target: ModelConfig, target_params: TransformerParams) -> BlockDrafter:
+def import_drafter(directory: Path, target: ModelConfig, target_params: TransformerParams) -> Drafter:
     meta = read_drafter_config(directory)
     check_drafter_target(meta, target, target_params)
     drafter = DrafterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["drafter"].items()})
@@ -87,7 +97,10 @@ def import_drafter(directory: Path, target: ModelConfig, target_params: Transfor
     vocab = arrays.get(VOCAB_KEY)
     if vocab is None or vocab.shape != (meta["draft_vocab_size"],) or vocab.max(initial=0) >= target.vocab_size:
         raise ConfigError(f"{directory}: the draft vocabulary map {VOCAB_KEY!r} is missing or does not fit the target")
-    model = BlockDrafter(drafter, vocab, meta["dspark_rank"], rngs=nnx.Rngs(0))
+    if meta["kind"] == "eagle3":
+        model = Eagle3Drafter(drafter, vocab, rngs=nnx.Rngs(0))
+    else:
+        model = BlockDrafter(drafter, vocab, meta["dspark_rank"], rngs=nnx.Rngs(0))
     stored = _stored(model)
     missing = [name for name, _ in stored if name not in arrays]
     if missing or len(arrays) != len(stored):
@@ -97,7 +110,7 @@ def import_drafter(directory: Path, target: ModelConfig, target_params: Transfor
     return model
 
 
-def _stored(model: BlockDrafter) -> list[tuple[str, nnx.Variable]]:
+def _stored(model: Drafter) -> list[tuple[str, nnx.Variable]]:
     """(name, variable) of everything a drafter file holds: trained parameters and the vocabulary map."""
     flat = nnx.to_flat_state(nnx.state(model, (nnx.Param, VocabMap)))
     return [("/".join(map(str, path)), variable) for path, variable in flat]

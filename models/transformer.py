@@ -146,8 +146,7 @@ def forward(
         if not 0 <= layer_id < config.num_layers:
             raise ValueError(f"capture layer {layer_id} outside 0..{config.num_layers - 1}")
 
-    x = jnp.take(params.embed, tokens, axis=0)
-    x = (x * jnp.asarray(config.embed_scale, x.dtype)) if config.embed_scale != 1.0 else x
+    x = embed(params, tokens, config=config)
     k, v = cache.k, cache.v
     outputs = {}
     for index, (layer, sliding) in enumerate(zip(params.layers, config.sliding_layers)):
@@ -158,6 +157,12 @@ def forward(
     captured = jnp.stack([outputs[i] for i in capture_layers] or [x])[: len(capture_layers)]
     hidden = rms_norm(x, params.final_norm, config.rms_norm_eps)
     return ForwardOutput(hidden=hidden, captured=captured, cache=KVCache(k=k, v=v, positions=cache_positions))
+
+
+def embed(params: TransformerParams, tokens: jax.Array, *, config: ModelConfig) -> jax.Array:
+    """[..., E] input embeddings of token ids [...] (scaled as the family requires; drafters share them)."""
+    x = jnp.take(params.embed, tokens, axis=0)
+    return (x * jnp.asarray(config.embed_scale, x.dtype)) if config.embed_scale != 1.0 else x
 
 
 def logits(params: TransformerParams, hidden: jax.Array, *, config: ModelConfig) -> jax.Array:

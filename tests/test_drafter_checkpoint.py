@@ -11,21 +11,27 @@ from tiny_models import tiny_config
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ConfigError
 from dspark_jax.models.dflash import DrafterConfig
-from dspark_jax.models.drafter_checkpoint import WEIGHTS, export_drafter, import_drafter
+from dspark_jax.models.drafter_checkpoint import WEIGHTS, drafter_kind, export_drafter, import_drafter
+from dspark_jax.models.eagle3 import Eagle3Drafter
 from dspark_jax.models.params import init_params
 
 CONFIG = tiny_config("qwen2")
 PARAMS = init_params(CONFIG, jax.random.key(0))
 
 
-@pytest.mark.parametrize("rank, vocab", [(None, None), (8, None), (8, np.array([1, 4, 9, 30]))],
-                         ids=["dflash", "dspark", "dspark-reduced-vocab"])
-def test_round_trip(tmp_path, rank, vocab):
-    drafter = DrafterConfig.for_target(CONFIG, num_layers=2, block_size=5, num_features=2)
-    model = BlockDrafter(drafter, CONFIG.vocab_size if vocab is None else vocab, rank, rngs=nnx.Rngs(4))
+@pytest.mark.parametrize("kind, vocab", [("dflash", None), ("dspark", None), ("dspark", np.array([1, 4, 9, 30])),
+                                         ("eagle3", np.array([2, 3]))],
+                         ids=["dflash", "dspark", "dspark-reduced-vocab", "eagle3-reduced-vocab"])
+def test_round_trip(tmp_path, kind, vocab):
+    drafter = DrafterConfig.for_target(CONFIG, num_layers=1 if kind == "eagle3" else 2, block_size=5, num_features=2)
+    vocab_arg = CONFIG.vocab_size if vocab is None else vocab
+    if kind == "eagle3":
+        model = Eagle3Drafter(drafter, vocab_arg, rngs=nnx.Rngs(4))
+    else:
+        model = BlockDrafter(drafter, vocab_arg, 8 if kind == "dspark" else None, rngs=nnx.Rngs(4))
     export_drafter(tmp_path, model, CONFIG, PARAMS, "tiny-qwen2")
     loaded = import_drafter(tmp_path, CONFIG, PARAMS)
-    assert loaded.config == drafter and (loaded.heads is None) == (rank is None)
+    assert loaded.config == drafter and type(loaded) is type(model) and drafter_kind(loaded) == kind
     if vocab is not None:
         np.testing.assert_array_equal(loaded.vocab.get_value(), vocab)
     for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(loaded))):

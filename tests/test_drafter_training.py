@@ -1,4 +1,5 @@
-"""Training a block drafter online against a tiny target raises its acceptance and keeps decoding lossless."""
+"""Training each drafter (DFlash, DSpark, EAGLE-3) online against a tiny target raises its acceptance and
+keeps decoding lossless."""
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,9 @@ from tiny_models import tiny_config
 from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.eagle3 import Eagle3Drafter
 from dspark_jax.models.params import init_params
-from dspark_jax.proposers.block_drafter import make_block_proposer
+from dspark_jax.proposers.trained import drafter_proposer
 from dspark_jax.speculative import speculative_generate
 from dspark_jax.train.blocks import make_blocks
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer, train_step
@@ -45,18 +47,21 @@ def data():
 
 def tau(config, params, model, prompts):
     """Greedy tau on prompts the drafter never trained on, checking losslessness on the way."""
-    proposer, proposer_params = make_block_proposer(config, model, params)
+    proposer, proposer_params = drafter_proposer(config, model, params)
     generation = GenerationConfig(max_new_tokens=RESPONSE_LENGTH)
     result = speculative_generate(params, config, prompts, generation, proposer, proposer_params, TreeTemplate(1, 4))
     assert result.tokens == generate(params, config, prompts, generation)  # lossless before and after training
     return result.stats.tau
 
 
-@pytest.mark.parametrize("dspark_rank", [None, 16], ids=["dflash", "dspark"])
-def test_training_raises_acceptance(data, dspark_rank):
+@pytest.mark.parametrize("kind", ["dflash", "dspark", "eagle3"])
+def test_training_raises_acceptance(data, kind):
     config, params, tokens, loss_mask = data
     drafter = DrafterConfig.for_target(config, num_layers=1, block_size=4, num_features=2, intermediate_size=128)
-    model = BlockDrafter(drafter, config.vocab_size, dspark_rank, rngs=nnx.Rngs(0))
+    if kind == "eagle3":
+        model = Eagle3Drafter(drafter, config.vocab_size, rngs=nnx.Rngs(0))
+    else:
+        model = BlockDrafter(drafter, config.vocab_size, 16 if kind == "dspark" else None, rngs=nnx.Rngs(0))
     held_out = np.random.default_rng(1).integers(1, config.vocab_size, (8, PROMPT_LENGTH)).tolist()
     before = tau(config, params, model, held_out)
     train = TrainConfig(learning_rate=3e-3, warmup_steps=10, total_steps=300, anchors_per_sequence=8)

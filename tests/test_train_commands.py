@@ -24,20 +24,20 @@ def test_prepared_data(data):
     assert len(held_out) > 100 and all(len(r["turns"]) == 1 for r in held_out)
 
 
-@pytest.mark.parametrize("mode", ["online", "cache"])
-def test_train_then_generate(data, tmp_path, mode, capsys):
+@pytest.mark.parametrize("drafter, mode", [("dspark", "online"), ("dspark", "cache"), ("eagle3", "online")])
+def test_train_then_generate(data, tmp_path, drafter, mode, capsys):
     common = ["--target", TINY, "--data", str(data), "--length", "96", "--num-features", "2"]
     extra = ["--bf16", "--draft-vocab", "40"]  # online mode also exercises bf16 and a reduced draft vocabulary
     if mode == "cache":
         cli.main(["prepare-cache", *common, "--out", str(tmp_path / "cache"), "--shard-size", "3"])
         assert "GiB" in capsys.readouterr().out
         extra = ["--cache", str(tmp_path / "cache")]
-    cli.main(["train", "--drafter", "dspark", *common, *extra, "--out", str(tmp_path / "run"), "--steps", "3",
+    cli.main(["train", "--drafter", drafter, *common, *extra, "--out", str(tmp_path / "run"), "--steps", "3",
               "--batch-size", "2", "--block-size", "3", "--rank", "8", "--checkpoint-every", "2"])
     assert "trained 3/3 steps" in capsys.readouterr().out
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
     exported = json.loads((tmp_path / "run" / "drafter" / "drafter.json").read_text())
-    assert exported["draft_vocab_size"] == (40 if mode == "online" else 256)
+    assert exported["draft_vocab_size"] == (40 if mode == "online" else 256) and exported["kind"] == drafter
     cli.main(["generate", "--target", TINY, "--prompt", "hello", "--max-new-tokens", "5",
               "--drafter", str(tmp_path / "run" / "drafter")])
     assert "tau" in capsys.readouterr().err

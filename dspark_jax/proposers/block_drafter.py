@@ -24,6 +24,7 @@ from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import DraftHead
 from dspark_jax.models.kv_cache import EMPTY_POSITION
 from dspark_jax.models.params import TransformerParams
+from dspark_jax.models.transformer import embed
 from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified, expand_candidates
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.tree import TreeTemplate
@@ -81,8 +82,7 @@ class BlockDrafterProposer:
         depth, batch = template.depth, context.length.shape[0]
         anchor, anchor_position = context.anchor, context.anchor_position
         block = jnp.full((batch, depth), self.drafter.mask_token_id, jnp.int32).at[:, 0].set(anchor)
-        embeddings = jnp.take(params.target.embed, block, axis=0) * jnp.asarray(self.target.embed_scale,
-                                                                                 params.target.embed.dtype)
+        embeddings = embed(params.target, block, config=self.target)
         positions = anchor_position[:, None] + jnp.arange(depth, dtype=jnp.int32)[None, :]
         visible = cache.positions < anchor_position[:, None]
         backbone = nnx.merge(self.backbone_def, params.backbone)

@@ -1,0 +1,131 @@
+"""EAGLE-3 as a proposer: γ sequential drafter steps inside the jitted loop.
+
+The state is the drafter's key/value cache over committed positions plus `pending`, the fused target
+feature of the newest committed position a - 1: its entry needs the token after it, the anchor, which only
+the next `propose` knows. `propose` computes that entry (step 0, then kept in the cache), then drafts
+step by step, each step feeding the drafter's own hidden state and the token just drafted to the next;
+the chain's entries live only for this draft. `update` adds the entries of the verified path whose next
+token is known and keeps the last feature pending. Trees are top-W per depth around the main chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.draft_vocab import DraftHead
+from dspark_jax.models.eagle3 import Eagle3Drafter
+from dspark_jax.models.kv_cache import EMPTY_POSITION
+from dspark_jax.models.params import TransformerParams
+from dspark_jax.models.transformer import embed
+from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified, expand_candidates
+from dspark_jax.sampling import SamplingConfig
+from dspark_jax.tree import TreeTemplate
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Eagle3Params:
+    drafter: nnx.State
+    target: TransformerParams  # embedding read from here
+    head: DraftHead  # the target's head over the draft vocabulary
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Eagle3State:
+    keys: jax.Array  # [B, S, KVH, D]
+    values: jax.Array
+    positions: jax.Array  # int32[B, S], EMPTY_POSITION where free
+    pending: jax.Array  # [B, E]: fused feature of position anchor - 1, whose entry waits for the anchor
+
+
+@dataclasses.dataclass(frozen=True)
+class Eagle3Proposer:
+    target: ModelConfig
+    drafter_def: nnx.GraphDef
+    target_layers: tuple[int, ...]
+
+    @property
+    def capture_layers(self) -> tuple[int, ...]:
+        return self.target_layers
+
+    def init(self, params: Eagle3Params, prefilled: Prefilled, cache_size: int) -> Eagle3State:
+        drafter = nnx.merge(self.drafter_def, params.drafter)
+        batch, width = prefilled.prompt.shape
+        g = drafter.fuse_features(prefilled.features)  # [B, T, E]
+        positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
+        next_tokens = jnp.concatenate([prefilled.prompt[:, 1:], prefilled.prompt[:, -1:]], axis=1)
+        k, v = drafter.keys_values(embed(params.target, next_tokens, config=self.target), g, positions)
+        last = (prefilled.prompt_lengths - 1)[:, None]
+        slots = jnp.where(positions < last, positions, cache_size)  # the last prompt position stays pending
+        c = drafter.config
+        state = Eagle3State(keys=jnp.zeros((batch, cache_size, c.num_kv_heads, c.head_dim), k.dtype),
+                            values=jnp.zeros((batch, cache_size, c.num_kv_heads, c.head_dim), v.dtype),
+                            positions=jnp.full((batch, cache_size), EMPTY_POSITION, jnp.int32),
+                            pending=jnp.take_along_axis(g, last[..., None], axis=1)[:, 0])
+        return _write(state, k, v, positions, slots)
+
+    def update(self, params: Eagle3Params, state: Eagle3State, verified: Verified) -> Eagle3State:
+        drafter = nnx.merge(self.drafter_def, params.drafter)
+        g = drafter.fuse_features(verified.features)  # [B, D + 1, E] along anchor + accepted tokens
+        positions, _ = verified.committed_slots(state.positions.shape[1])
+        next_tokens = jnp.concatenate([verified.tokens[:, 1:], verified.tokens[:, -1:]], axis=1)
+        k, v = drafter.keys_values(embed(params.target, next_tokens, config=self.target), g, positions)
+        offsets = jnp.arange(positions.shape[1])[None, :]
+        live = ~verified.done[:, None]
+        slots = jnp.where((offsets < verified.num_accepted[:, None]) & live, positions, state.positions.shape[1])
+        newest = jnp.take_along_axis(g, verified.num_accepted[:, None, None], axis=1)[:, 0]
+        state = dataclasses.replace(state, pending=jnp.where(live, newest, state.pending))
+        return _write(state, k, v, positions, slots)
+
+    def propose(self, params: Eagle3Params, state: Eagle3State, context: DraftContext, template: TreeTemplate,
+                sampling: SamplingConfig, key: jax.Array) -> tuple[Draft, Eagle3State]:
+        drafter = nnx.merge(self.drafter_def, params.drafter)
+        head = params.head
+        c = drafter.config
+        batch = context.length.shape[0]
+        step0_position = context.anchor_position - 1
+        visible = (state.positions < step0_position[:, None])[:, None]  # [B, 1, S]
+        chain_k = jnp.zeros((batch, 1, 0, c.num_kv_heads, c.head_dim), state.keys.dtype)
+        chain_v = chain_k
+        hidden, token = state.pending[:, None], context.anchor
+        columns, main_probs = [], []
+        for k, step_key in enumerate(jax.random.split(key, template.depth)):
+            token_embeddings = embed(params.target, token[:, None], config=self.target)
+            hidden, (own_k, own_v) = drafter(token_embeddings, hidden, (step0_position + k)[:, None], state.keys,
+                                             state.values, visible, chain_k, chain_v)
+            if k == 0:  # the anchor's entry is committed context from now on
+                state = _write(state, own_k, own_v, step0_position[:, None], step0_position[:, None])
+            chain_k = jnp.concatenate([chain_k, own_k[:, :, None].astype(chain_k.dtype)], axis=2)
+            chain_v = jnp.concatenate([chain_v, own_v[:, :, None].astype(chain_v.dtype)], axis=2)
+            candidates, q = expand_candidates(head.logits(drafter.normed(hidden[:, 0])), template.width, sampling,
+                                              step_key)
+            candidates = head.to_target(candidates)
+            columns.append(candidates)
+            main_probs.append(q)
+            token = candidates[:, 0]
+        q = None if sampling.greedy else head.probs_to_target(jnp.stack(main_probs, axis=1))
+        return Draft(tokens=jnp.stack(columns, axis=1), main_probs=q), state
+
+
+def _write(state: Eagle3State, k: jax.Array, v: jax.Array, positions: jax.Array, slots: jax.Array) -> Eagle3State:
+    rows = jnp.arange(slots.shape[0])[:, None]
+    return dataclasses.replace(
+        state,
+        keys=state.keys.at[rows, slots].set(k.astype(state.keys.dtype), mode="drop"),
+        values=state.values.at[rows, slots].set(v.astype(state.values.dtype), mode="drop"),
+        positions=state.positions.at[rows, slots].set(positions, mode="drop"),
+    )
+
+
+def make_eagle3_proposer(target: ModelConfig, model: Eagle3Drafter, target_params: TransformerParams):
+    """(proposer, params) for the engine from a trained (or fresh) EAGLE-3 drafter."""
+    drafter_def, drafter_state = nnx.split(model)
+    proposer = Eagle3Proposer(target, drafter_def, model.config.target_layers)
+    head = DraftHead.from_target(target, target_params, model.vocab.get_value())
+    return proposer, Eagle3Params(drafter=drafter_state, target=target_params, head=head)

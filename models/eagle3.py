@@ -1,0 +1,101 @@
+"""EAGLE-3 drafter (Li et al., 2025): one autoregressive decoder layer over fused target features.
+
+The outputs of K target layers at position s are concatenated and projected to one feature g_s. The
+drafter's entry at position s reads [embed(x_{s+1}) ; g_s] (the token that follows s, normalised apart and
+concatenated to 2E) and predicts x_{s+2}; its output hidden h_s (the residual stream, before the final
+norm) replaces g in the next drafting step, so step k reads [embed(draft token k) ; h from step k - 1].
+Attention sees the drafter's entries of committed positions (computed from target features) plus the
+entries of the current chain. Training unrolls the same steps (training-time test, `train/eagle3_ttt.py`),
+so the drafter learns from its own hidden states, as it drafts. Embedding and LM head are the target's.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.draft_vocab import VocabMap, full_vocab
+from dspark_jax.models.transformer import apply_rope
+
+
+class Eagle3Drafter(nnx.Module):
+    """config.num_layers must be 1 and config.block_size is the number of drafting steps (γ);
+    vocab as for BlockDrafter (target vocabulary size or the sorted target ids of a reduced one)."""
+
+    def __init__(self, config: DrafterConfig, vocab: int | np.ndarray, *, rngs: nnx.Rngs):
+        if config.num_layers != 1:
+            raise ValueError(f"an EAGLE-3 drafter has exactly one layer, got num_layers={config.num_layers}")
+        e, h, kv, d, f = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
+                          config.intermediate_size)
+        linear = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=config.dtype, rngs=rngs)
+        norm = lambda: nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
+        self.config = config
+        self.vocab = VocabMap(jnp.asarray(full_vocab(vocab) if isinstance(vocab, int) else np.asarray(vocab, np.int32)))
+        self.fuse = linear(len(config.target_layers) * e, e)
+        self.embed_norm, self.hidden_norm = norm(), norm()
+        self.q, self.k, self.v = linear(2 * e, h * d), linear(2 * e, kv * d), linear(2 * e, kv * d)
+        self.o = linear(h * d, e)
+        self.mlp_norm = norm()
+        self.gate, self.up, self.down = linear(e, f), linear(e, f), linear(f, e)
+        self.final_norm = norm()
+
+    def _inv_freq(self) -> jax.Array:
+        d = self.config.head_dim
+        return 1.0 / (self.config.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+
+    def fuse_features(self, features: jax.Array) -> jax.Array:
+        """g [..., E] from target layer outputs [K, ..., E] (K in `target_layers` order)."""
+        return self.fuse(jnp.concatenate(list(features), axis=-1))
+
+    def _inputs(self, token_embeddings: jax.Array, hidden: jax.Array) -> jax.Array:
+        return jnp.concatenate([self.embed_norm(token_embeddings), self.hidden_norm(hidden)], axis=-1)
+
+    def _heads(self, x: jax.Array, n: int) -> jax.Array:
+        return x.reshape(*x.shape[:-1], n, self.config.head_dim)
+
+    def keys_values(self, token_embeddings: jax.Array, hidden: jax.Array,
+                    positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Entries of committed positions: token_embeddings (of the next token), hidden (g): [B, S, E] at
+        positions [B, S] → k, v: [B, S, KVH, D]."""
+        x = self._inputs(token_embeddings, hidden)
+        k = apply_rope(self._heads(self.k(x), self.config.num_kv_heads), positions, self._inv_freq())
+        return k, self._heads(self.v(x), self.config.num_kv_heads)
+
+    def __call__(self, token_embeddings: jax.Array, hidden: jax.Array, positions: jax.Array,
+                 context_k: jax.Array, context_v: jax.Array, context_visible: jax.Array,
+                 chain_k: jax.Array, chain_v: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """One drafting step for N queries per row.
+
+        token_embeddings, hidden: [B, N, E] at positions int32[B, N]; context_k/v: [B, S, KVH, D] with
+        context_visible bool[B, N, S]; chain_k/v: [B, N, J, KVH, D], the entries of this query's earlier
+        steps (J may be 0). Returns (h [B, N, E], the query's own entry (k, v) [B, N, KVH, D]).
+        """
+        c = self.config
+        b, n, _ = hidden.shape
+        x = self._inputs(token_embeddings, hidden)
+        inv_freq = self._inv_freq()
+        q = apply_rope(self._heads(self.q(x), c.num_heads), positions, inv_freq)
+        k = apply_rope(self._heads(self.k(x), c.num_kv_heads), positions, inv_freq)
+        v = self._heads(self.v(x), c.num_kv_heads)
+        chain_k = jnp.concatenate([chain_k, k[:, :, None].astype(chain_k.dtype)], axis=2)
+        chain_v = jnp.concatenate([chain_v, v[:, :, None].astype(chain_v.dtype)], axis=2)
+        groups = c.num_heads // c.num_kv_heads
+        q = q.reshape(b, n, c.num_kv_heads, groups, c.head_dim)
+        scale = c.head_dim**-0.5
+        ctx_scores = jnp.einsum("bnkgd,bskd->bnkgs", q, context_k, preferred_element_type=jnp.float32) * scale
+        ctx_scores = jnp.where(context_visible[:, :, None, None, :], ctx_scores, -jnp.inf)
+        chain_scores = jnp.einsum("bnkgd,bnjkd->bnkgj", q, chain_k, preferred_element_type=jnp.float32) * scale
+        probs = jax.nn.softmax(jnp.concatenate([ctx_scores, chain_scores], axis=-1), axis=-1).astype(x.dtype)
+        size = context_k.shape[1]
+        attn = (jnp.einsum("bnkgs,bskd->bnkgd", probs[..., :size], context_v)
+                + jnp.einsum("bnkgj,bnjkd->bnkgd", probs[..., size:], chain_v))
+        h = hidden + self.o(attn.reshape(b, n, -1))
+        m = self.mlp_norm(h)
+        return h + self.down(jax.nn.silu(self.gate(m)) * self.up(m)), (k, v)
+
+    def normed(self, hidden: jax.Array) -> jax.Array:
+        """Final-normed hidden states (logits = the target head over the draft vocabulary applied to them)."""
+        return self.final_norm(hidden)
