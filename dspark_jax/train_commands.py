@@ -130,10 +130,11 @@ def train(args: argparse.Namespace) -> None:
         meta_path = args.cache / "cache.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{args.cache} is not a target cache: run `dspark-jax prepare-cache` first")
-        meta = json.loads(meta_path.read_text())
-        if tuple(meta["target_layers"]) != layers:
-            raise ValueError(f"the cache holds target layers {meta['target_layers']}, but --num-features "
+        cached_layers = json.loads(meta_path.read_text())["target_layers"]
+        if not set(layers) <= set(cached_layers):
+            raise ValueError(f"the cache holds target layers {cached_layers}, but --num-features "
                              f"{args.num_features} needs {list(layers)}: rebuild the cache or match --num-features")
+        feature_index = tuple(cached_layers.index(layer) for layer in layers)
     drafter = DrafterConfig.for_target(spec.config, num_layers=args.layers, block_size=args.block_size,
                                        num_features=args.num_features,
                                        compute_dtype="bfloat16" if args.bf16 else "float32")
@@ -167,7 +168,7 @@ def train(args: argparse.Namespace) -> None:
                              jnp.asarray(loss_mask), args.batch_size, train_config)
     else:
         steps = cached_steps(model, optimizer, target.config, target.params, cache_shards, args.batch_size,
-                             train_config)
+                             train_config, feature_index)
     reached = run_training(model, optimizer, steps, train_config, run, args.out)
     export_drafter(args.out / "drafter", model, target.config, target.params, str(spec.path.name))
     print(f"trained {reached}/{args.steps} steps; drafter exported to {args.out / 'drafter'}")

@@ -24,7 +24,7 @@ def test_prepared_data(data):
     assert len(held_out) > 100 and all(len(r["turns"]) == 1 for r in held_out)
 
 
-@pytest.mark.parametrize("drafter, mode", [("dspark", "online"), ("dspark", "cache"), ("eagle3", "online")])
+@pytest.mark.parametrize("drafter, mode", [("dspark", "online"), ("dspark", "cache"), ("eagle3", "cache")])
 def test_train_then_generate(data, tmp_path, drafter, mode, capsys):
     common = ["--target", TINY, "--data", str(data), "--length", "96", "--num-features", "2"]
     extra = ["--bf16", "--draft-vocab", "40"]  # online mode also exercises bf16 and a reduced draft vocabulary

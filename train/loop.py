@@ -48,8 +48,10 @@ def online_steps(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, 
 
 
 def cached_steps(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
-                 shards: list[CachedShard], batch_size: int, train: TrainConfig) -> StepFn:
-    """Steps that read features from the target cache: one shard per step, `batch_size` rows of it."""
+                 shards: list[CachedShard], batch_size: int, train: TrainConfig,
+                 feature_index: tuple[int, ...] | None = None) -> StepFn:
+    """Steps that read features from the target cache: one shard per step, `batch_size` rows of it.
+    feature_index picks the drafter's layers among the cached ones (None: all, in order)."""
     if batch_size > min(len(s) for s in shards):
         raise ValueError(f"batch_size {batch_size} exceeds the rows of the smallest cache shard")
 
@@ -58,6 +60,8 @@ def cached_steps(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, 
         shard = shards[int(jax.random.randint(shard_key, (), 0, len(shards)))]
         rows = np.sort(np.asarray(jax.random.choice(row_key, len(shard), (batch_size,), replace=False)))
         tokens, loss_mask, features, hidden = shard.batch(rows)
+        if feature_index is not None:
+            features = features[list(feature_index)]
         metrics = train_step_cached(model, optimizer, target, params, tokens, loss_mask, features, hidden,
                                     anchor_key, train)
         return metrics, tokens.size
