@@ -29,10 +29,13 @@ class GenerationConfig:
     max_new_tokens: int = 128
     sampling: SamplingConfig = SamplingConfig()
     stop_tokens: tuple[int, ...] = ()
+    min_prompt_width: int = 16  # prompts pad to at least this: requests of different lengths share compiled code
 
     def __post_init__(self):
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if self.min_prompt_width < 1:
+            raise ValueError(f"min_prompt_width must be >= 1, got {self.min_prompt_width}")
 
 
 @jax.tree_util.register_dataclass
@@ -164,7 +167,8 @@ def pad_prompts(model: ModelConfig, prompts: Sequence[Sequence[int]], generation
     """Validates prompts and right-pads them to a bucketed width: (int32[B, T], int32[B] lengths).
 
     `reserve` is extra context the decoding loop needs beyond prompt + max_new_tokens (draft-tree scratch
-    slots). The width is a power of two (>= 16) so that similar requests reuse compiled code.
+    slots). The width is a power of two (at least `generation.min_prompt_width`) so that similar requests
+    reuse compiled code.
     """
     if not prompts:
         raise ValueError("no prompts given: pass at least one prompt")
@@ -183,7 +187,7 @@ def pad_prompts(model: ModelConfig, prompts: Sequence[Sequence[int]], generation
         bad = [t for t in p if not 0 <= t < model.vocab_size]
         if bad:
             raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {model.vocab_size}): {bad[:5]}")
-    width = max(16, 1 << (longest - 1).bit_length())
+    width = max(generation.min_prompt_width, 1 << (longest - 1).bit_length())
     prompt = np.full((len(prompts), width), model.pad_token_id, np.int32)
     for i, p in enumerate(prompts):
         prompt[i, : len(p)] = p

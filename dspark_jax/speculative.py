@@ -43,6 +43,7 @@ class SpecState:
     key: jax.Array  # PRNG key
     steps: jax.Array  # int32[]: verify steps so far
     accepted: jax.Array  # int32[B, max_new_tokens]: draft tokens accepted per step, -1 where the row idled
+    confidence: jax.Array  # float32[B, max_new_tokens, γ]: the drafter's confidences per step, NaN if it has none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,7 @@ class SpecDecoder:
             key=key,
             steps=jnp.zeros((), jnp.int32),
             accepted=jnp.full((batch, self.generation.max_new_tokens), -1, jnp.int32),
+            confidence=jnp.full((batch, self.generation.max_new_tokens, self.template.depth), jnp.nan, jnp.float32),
         )
 
     def _is_stop(self, tokens: jax.Array) -> jax.Array:
@@ -124,6 +126,9 @@ class SpecDecoder:
         verified = Verified(tokens=path_tokens, num_accepted=num_accepted, anchor_position=anchor_position,
                             features=features, done=state.done)
         accepted = state.accepted.at[:, state.steps].set(jnp.where(state.done, -1, num_accepted), mode="drop")
+        confidence = state.confidence
+        if draft.confidence is not None:
+            confidence = confidence.at[:, state.steps].set(draft.confidence.astype(jnp.float32), mode="drop")
         return SpecState(
             cache=cache,
             proposer_state=self.proposer.update(proposer_params, proposer_state, verified),
@@ -134,6 +139,7 @@ class SpecDecoder:
             key=key,
             steps=state.steps + 1,
             accepted=accepted,
+            confidence=confidence,
         )
 
     def run(self, params: TransformerParams, proposer_params: Any, state: SpecState) -> SpecState:
@@ -155,6 +161,7 @@ class SpecStats:
     """Per-row acceptance record of one generation, plus timing."""
 
     accepted: np.ndarray  # int32[B, steps]: draft tokens accepted at each verify step, -1 when idle
+    confidence: np.ndarray  # float32[B, steps, γ]: drafter confidence per position, NaN without a confidence head
     depth: int  # draft depth γ
     prefill_seconds: float
     decode_seconds: float
@@ -181,6 +188,17 @@ class SpecStats:
         reached = np.array([np.sum(lengths >= k - 1) for k in range(1, self.depth + 1)])
         passed = np.array([np.sum(lengths >= k) for k in range(1, self.depth + 1)])
         return passed / np.maximum(reached, 1)
+
+    def confidence_outcomes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(confidence, survived, position) for every draft position the verifier judged: position k of a
+        step counts when tokens < k were accepted; survived says whether token k was. Empty without a
+        confidence head. Matches c_k = P(token k accepted | tokens < k accepted)."""
+        live = self.accepted >= 0
+        k = np.arange(1, self.depth + 1)[None, None, :]
+        judged = live[..., None] & (k <= self.accepted[..., None] + 1) & ~np.isnan(self.confidence)
+        survived = k <= self.accepted[..., None]
+        position = np.broadcast_to(k, judged.shape)
+        return self.confidence[judged], survived[judged], position[judged]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,8 +237,9 @@ def speculative_generate(params: TransformerParams, model: ModelConfig, prompts:
         state = jax.block_until_ready(_generate(decoder, params, proposer_params, prompt, lengths, key))
         prefill_done = start
     end = time.perf_counter()
-    history, length, accepted, steps = jax.device_get((state.history, state.length, state.accepted, state.steps))
+    history, length, accepted, confidence, steps = jax.device_get(
+        (state.history, state.length, state.accepted, state.confidence, state.steps))
     tokens = [row[p:n].tolist() for row, p, n in zip(history, lengths, length)]
-    stats = SpecStats(accepted=accepted[:, :steps], depth=template.depth,
+    stats = SpecStats(accepted=accepted[:, :steps], confidence=confidence[:, :steps], depth=template.depth,
                       prefill_seconds=prefill_done - start, decode_seconds=end - prefill_done)
     return SpecResult(tokens=tokens, stats=stats)

@@ -85,11 +85,18 @@ def test_stop_tokens_and_budgets_per_row():
 
 def test_stats_by_hand():
     accepted = np.array([[3, 0, 2, -1], [1, 1, -1, -1]])
-    s = SpecStats(accepted=accepted, depth=3, prefill_seconds=0.0, decode_seconds=1.0)
+    confidence = np.arange(24, dtype=np.float32).reshape(2, 4, 3) / 24
+    s = SpecStats(accepted=accepted, confidence=confidence, depth=3, prefill_seconds=0.0, decode_seconds=1.0)
     assert s.target_steps == 4
     assert s.tau == pytest.approx(np.mean([4, 1, 3, 2, 2]))
     # position 1: 4 of 5 steps accepted it; position 2: 2 of those 4; position 3: 1 of those 2.
     np.testing.assert_allclose(s.accept_rate_by_position, [4 / 5, 2 / 4, 1 / 2])
+    # judged positions: step (0,0) all 3 survive; (0,1) position 1 fails; (0,2) 1, 2 survive and 3 fails;
+    # (1,0) and (1,1): 1 survives, 2 fails.
+    conf, survived, position = s.confidence_outcomes()
+    np.testing.assert_allclose(conf * 24, [0, 1, 2, 3, 6, 7, 8, 12, 13, 15, 16])
+    assert survived.tolist() == [1, 1, 1, 0, 1, 1, 0, 1, 0, 1, 0]
+    assert position.tolist() == [1, 2, 3, 1, 1, 2, 3, 1, 2, 1, 2]
 
 
 def test_partial_accept_leaves_the_cache_of_plain_decoding():

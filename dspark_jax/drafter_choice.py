@@ -1,0 +1,94 @@
+"""Turning a `--drafter` choice into a proposer: one place for generate, eval and bench.
+
+Choices: `none` (plain decoding), `ngram` (prompt lookup), `model:PATH` (an independent small model with the
+target's vocabulary), the directory of an exported drafter, `default` (the shipped DSpark drafter when the
+target is the default one, else plain decoding), or `dspark` / `dflash` / `eagle3` (the shipped drafter of
+that kind). Everything is validated from metadata before any weights load; `build(target)` loads later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dspark_jax.drafters import KINDS, TARGET_FILE, shipped_drafter
+from dspark_jax.models.drafter_checkpoint import import_drafter, read_drafter_config
+from dspark_jax.proposers.draft_model import DraftModelProposer
+from dspark_jax.proposers.ngram import NgramProposer
+from dspark_jax.proposers.trained import drafter_proposer
+from dspark_jax.target import Target, TargetSpec, describe_target, load_target
+from dspark_jax.tree import TreeTemplate
+
+DEFAULT_DEPTH = 7
+
+
+@dataclasses.dataclass(frozen=True)
+class DrafterChoice:
+    name: str
+    template: TreeTemplate
+    build: Callable[[Target], tuple[Any, Any]]  # target -> (proposer, proposer params)
+
+
+def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tree: TreeTemplate | None = None,
+                    dtype=None) -> DrafterChoice | None:
+    """None means plain decoding. gamma / tree override the drafter's default chain of its block size."""
+    if gamma is not None and gamma < 1:
+        raise ValueError(f"--gamma must be >= 1, got {gamma}")
+    if gamma is not None and tree is not None and gamma != tree.depth:
+        raise ValueError(f"--gamma {gamma} contradicts --tree {tree.width}x{tree.depth}: give one")
+    depth = tree.depth if tree else gamma
+    template = lambda default_depth: TreeTemplate(tree.width if tree else 1, depth or default_depth)
+    if choice == "default":
+        directory = shipped_drafter("dspark")
+        if directory is None or spec.path.name != TARGET_FILE:
+            if gamma is not None or tree is not None:
+                raise ValueError("no shipped drafter for this target: pass --drafter ngram, model:PATH or a "
+                                 "drafter directory with --gamma/--tree, or --drafter none")
+            if directory is not None:
+                print(f"note: the shipped drafter is for {TARGET_FILE}; decoding without one", file=sys.stderr)
+            return None
+        return _exported(directory, "dspark", spec, depth, template)
+    if choice == "none":
+        if gamma is not None or tree is not None:
+            raise ValueError("--gamma and --tree need a drafter: add --drafter ngram, model:PATH or a drafter dir")
+        return None
+    if choice == "ngram":
+        return DrafterChoice("ngram", template(DEFAULT_DEPTH), lambda target: (NgramProposer(), None))
+    if choice.startswith("model:"):
+        draft = describe_target(choice.removeprefix("model:"))
+        if draft.config.vocab_size != spec.config.vocab_size:
+            raise ValueError(
+                f"draft model vocabulary ({draft.config.vocab_size}) differs from the target's "
+                f"({spec.config.vocab_size}): a draft model must share the target's tokenizer"
+            )
+        return DrafterChoice(choice, template(DEFAULT_DEPTH),
+                             lambda target: (DraftModelProposer(draft.config), load_target(draft, dtype).params))
+    if choice in KINDS:
+        directory = shipped_drafter(choice)
+        if directory is None:
+            raise ValueError(f"no shipped {choice} drafter in this installation: train one (`dspark-jax train`) "
+                             "and pass its directory")
+        return _exported(directory, choice, spec, depth, template)
+    if Path(choice).is_dir():
+        return _exported(Path(choice), Path(choice).name, spec, depth, template)
+    raise ValueError(f"unknown --drafter {choice!r}: use none, default, ngram, dspark, dflash, eagle3, model:PATH "
+                     "or an exported drafter directory")
+
+
+def _exported(directory: Path, name: str, spec: TargetSpec, depth: int | None, template) -> DrafterChoice:
+    meta = read_drafter_config(directory)
+    block_size = meta["drafter"]["block_size"]
+    if depth and depth > block_size:
+        raise ValueError(f"this drafter drafts blocks of {block_size} tokens; --gamma/--tree depth must be <= that")
+    if meta["target"]["vocab_size"] != spec.config.vocab_size:
+        raise ValueError(f"drafter {directory} was trained for target {meta['target']['name']!r} with a "
+                         f"vocabulary of {meta['target']['vocab_size']}, not this target's {spec.config.vocab_size}")
+
+    def build(target: Target):
+        model = import_drafter(directory, target.config, target.params)
+        return drafter_proposer(target.config, model, target.params)
+
+    return DrafterChoice(name, template(block_size), build)

@@ -1,0 +1,120 @@
+"""`dspark-jax eval` (DeepSpec's evaluation with report files) and `dspark-jax bench` (tokens/s grid).
+
+    dspark-jax eval --drafter dspark,dflash,eagle3 --tasks gsm8k,humaneval,mt-bench --limit 10 --output out/
+    dspark-jax bench --drafter dspark --batch-sizes 1,4,8 --temperatures 0,1
+
+Requests are validated (tasks, drafters, sampling) before the target loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dspark_jax.atomic_file import write_atomically
+from dspark_jax.drafter_choice import resolve_drafter
+from dspark_jax.eval_data import TASKS
+from dspark_jax.eval_report import write_report
+from dspark_jax.evaluation import EvalConfig, Evaluator, Method, benchmark, load_tasks
+from dspark_jax.sampling import SamplingConfig
+from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
+from dspark_jax.tree import TreeTemplate
+
+
+def _list(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(x) for x in text.split(",") if x)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+    return parse
+
+
+def add_commands(sub: argparse._SubParsersAction) -> dict:
+    p = sub.add_parser("eval", help="tau, accept rates, speedup, calibration and losslessness per task")
+    _common(p)
+    p.add_argument("--tasks", type=_list(str), default=TASKS,
+                   help=f"comma-separated shipped tasks ({','.join(TASKS)}) or JSONL files of {{\"turns\": [...]}}")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--limit", type=int, default=None, help="first N prompts of each task")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--output", type=Path, default=Path("eval-results"))
+
+    p = sub.add_parser("bench", help="tokens/s of autoregressive decoding vs each drafter, batch x temperature")
+    _common(p)
+    p.add_argument("--task", default="mt-bench", help="prompts to decode (shipped task or JSONL file)")
+    p.add_argument("--batch-sizes", type=_list(int), default=(1, 4, 8))
+    p.add_argument("--temperatures", type=_list(float), default=(0.0, 1.0))
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--output", type=Path, default=None, help="also write the rows as JSON here")
+    return {"eval": evaluate_command, "bench": bench_command}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--drafter", type=_list(str), default=("default",),
+                   help="comma-separated drafters: default, dspark, dflash, eagle3 (shipped), ngram, model:PATH or "
+                        "exported drafter directories")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--gamma", type=int, default=None)
+    p.add_argument("--tree", type=TreeTemplate.parse, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _methods(args: argparse.Namespace, spec):
+    choices = [resolve_drafter(d, spec, args.gamma, args.tree) for d in args.drafter]
+    if any(c is None for c in choices):
+        raise ValueError("every --drafter must name a drafter (none / default without a shipped drafter cannot "
+                         "be evaluated against autoregressive decoding, which always runs)")
+    names = [c.name for c in choices]
+    if len(set(names)) != len(names):
+        raise ValueError(f"drafter names must differ, got {names}")
+    return choices
+
+
+def _build(choices, target) -> list[Method]:
+    return [Method(c.name, *c.build(target), c.template) for c in choices]
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
+    config = EvalConfig(args.max_new_tokens, sampling, args.batch_size, args.seed)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    tasks = load_tasks(list(args.tasks), args.limit)
+    spec = describe_target(args.target)
+    choices = _methods(args, spec)
+    target = load_target(spec)
+    results = Evaluator(target, config, tasks).evaluate(_build(choices, target))
+    written = write_report(results, args.output)
+    print((args.output / "results.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+
+
+def bench_command(args: argparse.Namespace) -> None:
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
+        raise ValueError(f"--batch-sizes must be positive, got {args.batch_sizes}")
+    if any(t < 0 for t in args.temperatures):
+        raise ValueError(f"--temperatures must be >= 0, got {args.temperatures}")
+    for t in args.temperatures:
+        SamplingConfig(t)  # validates
+    task = load_tasks([args.task])[0]
+    if len(task.prompts) < max(args.batch_sizes):
+        raise ValueError(f"task {task.name} has {len(task.prompts)} prompts, fewer than batch {max(args.batch_sizes)}")
+    spec = describe_target(args.target)
+    choices = _methods(args, spec)
+    target = load_target(spec)
+    rows = benchmark(target, _build(choices, target), task, args.batch_sizes, args.temperatures, args.max_new_tokens)
+    names = [c.name for c in choices]
+    print("| T | batch | AR tok/s | " + " | ".join(f"{n} tok/s (x AR, tau)" for n in names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
+    for row in rows:
+        cells = [f"{row[n]['tokens_per_s']:.1f} ({row[n]['speedup']:.2f}x, {row[n]['tau']:.2f})" for n in names]
+        print(f"| {row['temperature']:g} | {row['batch_size']} | {row['autoregressive']:.1f} | " + " | ".join(cells)
+              + " |")
+    if args.output is not None:
+        write_atomically(args.output, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))

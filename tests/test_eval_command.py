@@ -1,0 +1,92 @@
+"""`dspark-jax eval` and `bench` end to end on a tiny target: report files, metrics and the lossless check."""
+
+import json
+from pathlib import Path
+
+import pytest
+from flax import nnx
+
+from dspark_jax import cli
+from dspark_jax.evaluation import load_tasks
+from dspark_jax.models.block_drafter import BlockDrafter
+from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.drafter_checkpoint import export_drafter
+from dspark_jax.target import load_target
+
+TINY = str(Path(__file__).parent / "data" / "tiny" / "gemma3")
+
+
+@pytest.fixture(scope="module")
+def drafter_dir(tmp_path_factory):
+    target = load_target(TINY)
+    directory = tmp_path_factory.mktemp("drafter") / "tiny-dspark"
+    config = DrafterConfig.for_target(target.config, num_layers=1, block_size=3, num_features=2, intermediate_size=64)
+    export_drafter(directory, BlockDrafter(config, target.config.vocab_size, 8, rngs=nnx.Rngs(0)), target.config,
+                   target.params, "tiny")
+    return directory
+
+
+def test_eval_writes_the_report(drafter_dir, tmp_path, capsys):
+    own = tmp_path / "mine.jsonl"
+    own.write_text('{"turns": ["Say hi."]}\n{"turns": ["Count to three.", "Again."]}\n{"turns": ["Unused."]}\n')
+    out = tmp_path / "report"
+    cli.main(["eval", "--target", TINY, "--drafter", f"{drafter_dir},ngram", "--tasks", f"gsm8k,{own}",
+              "--limit", "2", "--max-new-tokens", "8", "--output", str(out)])
+    assert "### τ" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["accept_rate_by_position.png", "reliability.png", "results.json",
+                                                      "results.md", "speedup.png"]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["tasks"]) == ["gsm8k", "mine"]
+    for task in results["tasks"].values():
+        assert task["autoregressive"]["prompts"] == 2
+        for name, depth in (("tiny-dspark", 3), ("ngram", 7)):
+            metrics = task[name]
+            assert metrics["lossless"] is True and 1.0 <= metrics["tau"] <= depth + 1
+            assert len(metrics["accept_rate_by_position"]) == depth
+            assert metrics["verify_rate"] == pytest.approx(metrics["proposals"] / metrics["tokens"])
+        calibration = task["tiny-dspark"]["calibration"]
+        assert [r["position"] for r in calibration] == [1, 2, 3]
+        assert calibration[0]["n"] == task["tiny-dspark"]["proposals"]  # position 1 is judged at every step
+        assert task["ngram"]["calibration"] is None
+
+
+def test_eval_sampling_runs_the_greedy_check(drafter_dir, tmp_path):
+    out = tmp_path / "report"
+    cli.main(["eval", "--target", TINY, "--drafter", str(drafter_dir), "--tasks", "mt-bench", "--limit", "2",
+              "--max-new-tokens", "8", "--temperature", "1", "--output", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["temperature"] == 1.0
+    assert results["tasks"]["mt-bench"]["tiny-dspark"]["lossless"] is True
+
+
+def test_bench_prints_the_grid(drafter_dir, tmp_path, capsys):
+    cli.main(["bench", "--target", TINY, "--drafter", str(drafter_dir), "--batch-sizes", "1,2", "--temperatures", "0",
+              "--max-new-tokens", "6", "--output", str(tmp_path / "bench.json")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 |")]
+    assert len(lines) == 2
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["batch_size"] for r in rows] == [1, 2] and rows[0]["tiny-dspark"]["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "nosuch"], "neither a shipped task"),
+    (["--limit", "0"], "--limit must be >= 1"),
+    (["--drafter", "none"], "every --drafter must name a drafter"),
+    (["--drafter", "ngram", "--gamma", "3", "--tree", "2x4"], "contradicts"),
+])
+def test_bad_eval_requests_fail_before_loading(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--target", TINY, "--drafter", "ngram", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_user_task_files_are_validated(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"turns": ["fine"]}\n{"prompt": "no turns"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: each line must be a JSON object with a \"turns\" list"):
+        load_tasks([str(bad)])
+    empty_turn = tmp_path / "empty.jsonl"
+    empty_turn.write_text('{"turns": [""]}\n')
+    with pytest.raises(ValueError, match="non-empty string"):
+        load_tasks([str(empty_turn)])
+    assert [t.name for t in load_tasks(["gsm8k", "humaneval"], limit=3)] == ["gsm8k", "humaneval"]
