@@ -72,6 +72,8 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--learning-rate", type=float, default=6e-4)
     p.add_argument("--bf16", action="store_true", help="compute the drafter in bfloat16 (weights stay float32)")
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
+                   help="weights of the exported drafter (float16 halves the file; loading casts back)")
     p.add_argument("--seed", type=int, default=0)
     return {"prepare-data": prepare_data, "prepare-cache": prepare_cache, "train": train}
 
@@ -170,5 +172,6 @@ def train(args: argparse.Namespace) -> None:
         steps = cached_steps(model, optimizer, target.config, target.params, cache_shards, args.batch_size,
                              train_config, feature_index)
     reached = run_training(model, optimizer, steps, train_config, run, args.out)
-    export_drafter(args.out / "drafter", model, target.config, target.params, str(spec.path.name))
+    export_drafter(args.out / "drafter", model, target.config, target.params, str(spec.path.name),
+                   args.export_dtype)
     print(f"trained {reached}/{args.steps} steps; drafter exported to {args.out / 'drafter'}")

@@ -48,10 +48,14 @@ def drafter_kind(model: Drafter) -> str:
 
 
 def export_drafter(directory: Path, model: Drafter, target: ModelConfig, target_params: TransformerParams,
-                   target_name: str) -> None:
+                   target_name: str, weights_dtype: str = "float32") -> None:
+    """weights_dtype "float16" halves the file (for shipping); loading casts back to float32."""
+    if weights_dtype not in ("float32", "float16"):
+        raise ValueError(f"weights_dtype must be float32 or float16, got {weights_dtype!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    arrays = {name: np.asarray(variable.get_value()) for name, variable in _stored(model)}
+    cast = lambda a: a.astype(weights_dtype) if np.issubdtype(a.dtype, np.floating) else a
+    arrays = {name: cast(np.asarray(variable.get_value())) for name, variable in _stored(model)}
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": drafter_kind(model),
@@ -106,7 +110,7 @@ def import_drafter(directory: Path, target: ModelConfig, target_params: Transfor
     if missing or len(arrays) != len(stored):
         raise ConfigError(f"{directory}: weights do not match {CONFIG} (missing e.g. {missing[:3]})")
     for name, variable in stored:
-        variable.set_value(jax.numpy.asarray(arrays[name]))
+        variable.set_value(jax.numpy.asarray(arrays[name], variable.get_value().dtype))
     return model
 
 

@@ -62,3 +62,13 @@ def test_truncated_weights_are_refused(tmp_path):
 def test_missing_drafter_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="drafter.json"):
         import_drafter(tmp_path, CONFIG, PARAMS)
+
+
+def test_float16_export_loads_as_float32(tmp_path):
+    drafter = DrafterConfig.for_target(CONFIG, num_layers=1, block_size=3, num_features=2)
+    model = BlockDrafter(drafter, CONFIG.vocab_size, 8, rngs=nnx.Rngs(0))
+    export_drafter(tmp_path, model, CONFIG, PARAMS, "a", weights_dtype="float16")
+    loaded = import_drafter(tmp_path, CONFIG, PARAMS)
+    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(loaded))):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(b, np.asarray(a).astype(np.float16).astype(a.dtype), rtol=0, atol=0)
