@@ -1,4 +1,5 @@
-"""A few real training steps against Gemma 3 270M, online and from the target cache, through the CLI."""
+"""A few real training steps against Gemma 3 270M (DSpark online and from the target cache, EAGLE-3 from
+the cache), through the CLI."""
 
 import json
 
@@ -15,9 +16,11 @@ def test_real_target_trains_online_and_from_cache(tmp_path, capsys):
              "--rank", "16", "--checkpoint-every", "1"]
     cli.main([*train, "--out", str(tmp_path / "online")])
     cli.main([*train, "--cache", str(cache), "--out", str(tmp_path / "cached")])
+    cli.main(["train", "--drafter", "eagle3", *common, "--steps", "2", "--batch-size", "2", "--block-size", "3",
+              "--cache", str(cache), "--out", str(tmp_path / "eagle3")])
     out = capsys.readouterr().out
-    assert out.count("trained 2/2 steps") == 2
-    for run in ("online", "cached"):
+    assert out.count("trained 2/2 steps") == 3
+    for run in ("online", "cached", "eagle3"):
         losses = [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
         assert len(losses) == 2 and all(0 < loss < 100 for loss in losses)
         meta = json.loads((tmp_path / run / "drafter" / "drafter.json").read_text())
