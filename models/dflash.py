@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.config import ModelConfig, RopeConfig
 from dspark_jax.models.transformer import apply_rope
 
 
@@ -65,6 +65,11 @@ class DrafterConfig:
     def dtype(self) -> jnp.dtype:
         return jnp.dtype(self.compute_dtype)
 
+    @property
+    def inv_freq(self) -> jax.Array:
+        """RoPE inverse frequencies of the drafter's attention (plain RoPE at `rope_theta`)."""
+        return jnp.asarray(RopeConfig(self.rope_theta).inverse_frequencies(self.head_dim))
+
 
 class DraftLayer(nnx.Module):
     def __init__(self, config: DrafterConfig, *, rngs: nnx.Rngs):
@@ -80,14 +85,14 @@ class DraftLayer(nnx.Module):
     def _heads(self, x: jax.Array, n: int) -> jax.Array:
         return x.reshape(*x.shape[:-1], n, self.config.head_dim)
 
-    def keys_values(self, x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def keys_values(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x: [B, S, E] (already normalised) at positions [B, S] → k, v: [B, S, KVH, D]."""
         c = self.config
-        k = apply_rope(self._heads(self.k(x), c.num_kv_heads), positions, inv_freq)
+        k = apply_rope(self._heads(self.k(x), c.num_kv_heads), positions, c.inv_freq)
         return k, self._heads(self.v(x), c.num_kv_heads)
 
     def __call__(self, x: jax.Array, positions: jax.Array, context_k: jax.Array, context_v: jax.Array,
-                 context_visible: jax.Array, inv_freq: jax.Array) -> jax.Array:
+                 context_visible: jax.Array) -> jax.Array:
         """x: [B, N, γ, E] blocks at positions [B, N, γ]; context_k/v: [B, S, KVH, D];
         context_visible: bool[B, N, S]."""
         c = self.config
@@ -95,8 +100,8 @@ class DraftLayer(nnx.Module):
         groups = c.num_heads // c.num_kv_heads
         h = self.attn_norm(x)
         flat = lambda a: a.reshape(b, n * g, *a.shape[3:])
-        q = apply_rope(self._heads(flat(self.q(h)), c.num_heads), flat(positions[..., None])[..., 0], inv_freq)
-        block_k, block_v = self.keys_values(flat(h), flat(positions[..., None])[..., 0], inv_freq)
+        q = apply_rope(self._heads(flat(self.q(h)), c.num_heads), flat(positions[..., None])[..., 0], c.inv_freq)
+        block_k, block_v = self.keys_values(flat(h), flat(positions[..., None])[..., 0])
         q = q.reshape(b, n, g, c.num_kv_heads, groups, c.head_dim)
         block_k = block_k.reshape(b, n, g, c.num_kv_heads, c.head_dim)
         block_v = block_v.reshape(b, n, g, c.num_kv_heads, c.head_dim)
@@ -122,15 +127,11 @@ class DFlashBackbone(nnx.Module):
         self.layers = nnx.List([DraftLayer(config, rngs=rngs) for _ in range(config.num_layers)])
         self.final_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
 
-    def _inv_freq(self) -> jax.Array:
-        d = self.config.head_dim
-        return 1.0 / (self.config.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-
     def context(self, features: jax.Array, positions: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
         """Per draft layer, the context keys/values. features: [K, B, S, E] target layer outputs (K in
         `target_layers` order); positions: int32[B, S]."""
         fused = self.fuse_norm(self.fuse(jnp.concatenate(list(features), axis=-1)))
-        return [layer.keys_values(fused, positions, self._inv_freq()) for layer in self.layers]
+        return [layer.keys_values(fused, positions) for layer in self.layers]
 
     def __call__(self, block_embeddings: jax.Array, block_positions: jax.Array,
                  context: list[tuple[jax.Array, jax.Array]], context_visible: jax.Array) -> jax.Array:
@@ -141,5 +142,5 @@ class DFlashBackbone(nnx.Module):
         """
         x = block_embeddings
         for layer, (k, v) in zip(self.layers, context):
-            x = layer(x, block_positions, k, v, context_visible, self._inv_freq())
+            x = layer(x, block_positions, k, v, context_visible)
         return self.final_norm(x)
