@@ -21,6 +21,12 @@ from dspark_jax.models.draft_vocab import VocabMap, full_vocab
 from dspark_jax.models.transformer import apply_rope
 
 
+def following_tokens(tokens: jax.Array) -> jax.Array:
+    """int32[B, T]: the token after each position (an entry's token input); the last repeats itself, its
+    entry is never attended to before the next token is known."""
+    return jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
+
+
 class Eagle3Drafter(nnx.Module):
     """config.num_layers must be 1 and config.block_size is the number of drafting steps (γ);
     vocab as for BlockDrafter (target vocabulary size or the sorted target ids of a reduced one)."""
@@ -42,10 +48,6 @@ class Eagle3Drafter(nnx.Module):
         self.gate, self.up, self.down = linear(e, f), linear(e, f), linear(f, e)
         self.final_norm = norm()
 
-    def _inv_freq(self) -> jax.Array:
-        d = self.config.head_dim
-        return 1.0 / (self.config.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-
     def fuse_features(self, features: jax.Array) -> jax.Array:
         """g [..., E] from target layer outputs [K, ..., E] (K in `target_layers` order)."""
         return self.fuse(jnp.concatenate(list(features), axis=-1))
@@ -56,30 +58,31 @@ class Eagle3Drafter(nnx.Module):
     def _heads(self, x: jax.Array, n: int) -> jax.Array:
         return x.reshape(*x.shape[:-1], n, self.config.head_dim)
 
+    def _entry(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        k = apply_rope(self._heads(self.k(x), self.config.num_kv_heads), positions, self.config.inv_freq)
+        return k, self._heads(self.v(x), self.config.num_kv_heads)
+
     def keys_values(self, token_embeddings: jax.Array, hidden: jax.Array,
                     positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Entries of committed positions: token_embeddings (of the next token), hidden (g): [B, S, E] at
         positions [B, S] → k, v: [B, S, KVH, D]."""
-        x = self._inputs(token_embeddings, hidden)
-        k = apply_rope(self._heads(self.k(x), self.config.num_kv_heads), positions, self._inv_freq())
-        return k, self._heads(self.v(x), self.config.num_kv_heads)
+        return self._entry(self._inputs(token_embeddings, hidden), positions)
 
     def __call__(self, token_embeddings: jax.Array, hidden: jax.Array, positions: jax.Array,
                  context_k: jax.Array, context_v: jax.Array, context_visible: jax.Array,
-                 chain_k: jax.Array, chain_v: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+                 chain_k: jax.Array, chain_v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """One drafting step for N queries per row.
 
         token_embeddings, hidden: [B, N, E] at positions int32[B, N]; context_k/v: [B, S, KVH, D] with
         context_visible bool[B, N, S]; chain_k/v: [B, N, J, KVH, D], the entries of this query's earlier
-        steps (J may be 0). Returns (h [B, N, E], the query's own entry (k, v) [B, N, KVH, D]).
+        steps (J may be 0). Returns (h [B, N, E], chain_k, chain_v [B, N, J + 1, KVH, D]): the chain with
+        this step's own entry appended last.
         """
         c = self.config
         b, n, _ = hidden.shape
         x = self._inputs(token_embeddings, hidden)
-        inv_freq = self._inv_freq()
-        q = apply_rope(self._heads(self.q(x), c.num_heads), positions, inv_freq)
-        k = apply_rope(self._heads(self.k(x), c.num_kv_heads), positions, inv_freq)
-        v = self._heads(self.v(x), c.num_kv_heads)
+        q = apply_rope(self._heads(self.q(x), c.num_heads), positions, c.inv_freq)
+        k, v = self._entry(x, positions)
         chain_k = jnp.concatenate([chain_k, k[:, :, None].astype(chain_k.dtype)], axis=2)
         chain_v = jnp.concatenate([chain_v, v[:, :, None].astype(chain_v.dtype)], axis=2)
         groups = c.num_heads // c.num_kv_heads
@@ -94,7 +97,7 @@ class Eagle3Drafter(nnx.Module):
                 + jnp.einsum("bnkgj,bnjkd->bnkgd", probs[..., size:], chain_v))
         h = hidden + self.o(attn.reshape(b, n, -1))
         m = self.mlp_norm(h)
-        return h + self.down(jax.nn.silu(self.gate(m)) * self.up(m)), (k, v)
+        return h + self.down(jax.nn.silu(self.gate(m)) * self.up(m)), chain_k, chain_v
 
     def normed(self, hidden: jax.Array) -> jax.Array:
         """Final-normed hidden states (logits = the target head over the draft vocabulary applied to them)."""

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.draft_vocab import DraftHead
-from dspark_jax.models.eagle3 import Eagle3Drafter
+from dspark_jax.models.eagle3 import Eagle3Drafter, following_tokens
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import embed
 from dspark_jax.train.blocks import Blocks
@@ -30,7 +30,7 @@ def training_time_test(model: Eagle3Drafter, target: ModelConfig, params: Transf
     """
     batch, length = tokens.shape
     g = model.fuse_features(features)  # [B, T, E]
-    next_tokens = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)  # the last entry is never visible
+    next_tokens = following_tokens(tokens)  # the last entry is never visible
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     context_k, context_v = model.keys_values(embed(params, next_tokens, config=target), g, positions)
     anchors = blocks.anchors  # [B, N]
@@ -43,9 +43,7 @@ def training_time_test(model: Eagle3Drafter, target: ModelConfig, params: Transf
     step_logits = []
     for k in range(c.block_size):
         token_embeddings = embed(params, blocks.previous[..., k], config=target)
-        hidden, (own_k, own_v) = model(token_embeddings, hidden, anchors - 1 + k, context_k, context_v, visible,
-                                       chain_k, chain_v)
-        chain_k = jnp.concatenate([chain_k, own_k[:, :, None].astype(chain_k.dtype)], axis=2)
-        chain_v = jnp.concatenate([chain_v, own_v[:, :, None].astype(chain_v.dtype)], axis=2)
+        hidden, chain_k, chain_v = model(token_embeddings, hidden, anchors - 1 + k, context_k, context_v, visible,
+                                         chain_k, chain_v)
         step_logits.append(head.logits(model.normed(hidden)))
     return jnp.stack(step_logits)

@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dspark_jax.generate import prompt_slots
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.draft_vocab import DraftHead
-from dspark_jax.models.eagle3 import Eagle3Drafter
+from dspark_jax.models.eagle3 import Eagle3Drafter, following_tokens
 from dspark_jax.models.kv_cache import EMPTY_POSITION
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import embed
@@ -58,24 +59,24 @@ class Eagle3Proposer:
         drafter = nnx.merge(self.drafter_def, params.drafter)
         batch, width = prefilled.prompt.shape
         g = drafter.fuse_features(prefilled.features)  # [B, T, E]
-        positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
-        next_tokens = jnp.concatenate([prefilled.prompt[:, 1:], prefilled.prompt[:, -1:]], axis=1)
-        k, v = drafter.keys_values(embed(params.target, next_tokens, config=self.target), g, positions)
-        last = (prefilled.prompt_lengths - 1)[:, None]
-        slots = jnp.where(positions < last, positions, cache_size)  # the last prompt position stays pending
+        # The last prompt position's entry waits for the anchor: only the positions before it are written.
+        last = prefilled.prompt_lengths - 1
+        positions, slots = prompt_slots(last, width, cache_size)
+        k, v = drafter.keys_values(embed(params.target, following_tokens(prefilled.prompt), config=self.target), g,
+                                   positions)
         c = drafter.config
         state = Eagle3State(keys=jnp.zeros((batch, cache_size, c.num_kv_heads, c.head_dim), k.dtype),
                             values=jnp.zeros((batch, cache_size, c.num_kv_heads, c.head_dim), v.dtype),
                             positions=jnp.full((batch, cache_size), EMPTY_POSITION, jnp.int32),
-                            pending=jnp.take_along_axis(g, last[..., None], axis=1)[:, 0])
+                            pending=jnp.take_along_axis(g, last[:, None, None], axis=1)[:, 0])
         return _write(state, k, v, positions, slots)
 
     def update(self, params: Eagle3Params, state: Eagle3State, verified: Verified) -> Eagle3State:
         drafter = nnx.merge(self.drafter_def, params.drafter)
         g = drafter.fuse_features(verified.features)  # [B, D + 1, E] along anchor + accepted tokens
         positions, _ = verified.committed_slots(state.positions.shape[1])
-        next_tokens = jnp.concatenate([verified.tokens[:, 1:], verified.tokens[:, -1:]], axis=1)
-        k, v = drafter.keys_values(embed(params.target, next_tokens, config=self.target), g, positions)
+        k, v = drafter.keys_values(embed(params.target, following_tokens(verified.tokens), config=self.target), g,
+                                   positions)
         offsets = jnp.arange(positions.shape[1])[None, :]
         live = ~verified.done[:, None]
         slots = jnp.where((offsets < verified.num_accepted[:, None]) & live, positions, state.positions.shape[1])
@@ -97,12 +98,11 @@ class Eagle3Proposer:
         columns, main_probs = [], []
         for k, step_key in enumerate(jax.random.split(key, template.depth)):
             token_embeddings = embed(params.target, token[:, None], config=self.target)
-            hidden, (own_k, own_v) = drafter(token_embeddings, hidden, (step0_position + k)[:, None], state.keys,
-                                             state.values, visible, chain_k, chain_v)
+            hidden, chain_k, chain_v = drafter(token_embeddings, hidden, (step0_position + k)[:, None], state.keys,
+                                               state.values, visible, chain_k, chain_v)
             if k == 0:  # the anchor's entry is committed context from now on
-                state = _write(state, own_k, own_v, step0_position[:, None], step0_position[:, None])
-            chain_k = jnp.concatenate([chain_k, own_k[:, :, None].astype(chain_k.dtype)], axis=2)
-            chain_v = jnp.concatenate([chain_v, own_v[:, :, None].astype(chain_v.dtype)], axis=2)
+                state = _write(state, chain_k[:, :, 0], chain_v[:, :, 0], step0_position[:, None],
+                               step0_position[:, None])
             candidates, q = expand_candidates(head.logits(drafter.normed(hidden[:, 0])), template.width, sampling,
                                               step_key)
             candidates = head.to_target(candidates)
