@@ -98,10 +98,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
 def bench_command(args: argparse.Namespace) -> None:
     if not args.batch_sizes or min(args.batch_sizes) < 1:
         raise ValueError(f"--batch-sizes must be positive, got {args.batch_sizes}")
-    if any(t < 0 for t in args.temperatures):
-        raise ValueError(f"--temperatures must be >= 0, got {args.temperatures}")
     for t in args.temperatures:
-        SamplingConfig(t)  # validates
+        SamplingConfig(t)  # validates each temperature before anything loads
     task = load_tasks([args.task])[0]
     if len(task.prompts) < max(args.batch_sizes):
         raise ValueError(f"task {task.name} has {len(task.prompts)} prompts, fewer than batch {max(args.batch_sizes)}")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dspark_jax.calibration import calibration_by_position, reliability_bins
 from dspark_jax.eval_data import TASKS, load_prompts
-from dspark_jax.generate import GenerationConfig, generate
+from dspark_jax.generate import GenerationConfig, bucketed_width, generate
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.speculative import SpecStats, speculative_generate
 from dspark_jax.target import Target
@@ -103,11 +103,12 @@ def merge_stats(stats: list[SpecStats]) -> SpecStats:
 
 def drafter_metrics(stats: SpecStats, generated_tokens: int) -> dict:
     confidence, survived, position = stats.confidence_outcomes()
+    proposals = int(stats.acceptance_lengths.size)
     return {
         "tau": stats.tau,
-        "proposals": int(stats.acceptance_lengths.size),
+        "proposals": proposals,
         "accept_rate_by_position": stats.accept_rate_by_position.tolist(),
-        "verify_rate": int(stats.acceptance_lengths.size) / max(generated_tokens, 1),
+        "verify_rate": proposals / max(generated_tokens, 1),
         "calibration": (calibration_by_position(confidence, survived, position, stats.depth)
                         if confidence.size else None),
         "reliability": ({k: np.asarray(v).tolist()
@@ -124,7 +125,7 @@ class Evaluator:
         tokenizer = target.tokenizer
         self.prompts = {t.name: [tokenizer.encode(tokenizer.chat_prompt(p)) for p in t.prompts] for t in tasks}
         longest = max(len(p) for prompts in self.prompts.values() for p in prompts)
-        self.width = max(16, 1 << (longest - 1).bit_length())
+        self.width = bucketed_width(longest)
         self.warm: set[str] = set()
 
     def _generation(self, max_new_tokens: int, sampling: SamplingConfig) -> GenerationConfig:

@@ -162,6 +162,11 @@ class PreparedBatch:
     keys: jax.Array  # [B]
 
 
+def bucketed_width(longest: int, minimum: int = 16) -> int:
+    """The padded prompt width for a longest prompt of `longest` tokens: a power of two, at least `minimum`."""
+    return max(minimum, 1 << (longest - 1).bit_length())
+
+
 def pad_prompts(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
                 reserve: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Validates prompts and right-pads them to a bucketed width: (int32[B, T], int32[B] lengths).
@@ -187,7 +192,7 @@ def pad_prompts(model: ModelConfig, prompts: Sequence[Sequence[int]], generation
         bad = [t for t in p if not 0 <= t < model.vocab_size]
         if bad:
             raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {model.vocab_size}): {bad[:5]}")
-    width = max(generation.min_prompt_width, 1 << (longest - 1).bit_length())
+    width = bucketed_width(longest, generation.min_prompt_width)
     prompt = np.full((len(prompts), width), model.pad_token_id, np.int32)
     for i, p in enumerate(prompts):
         prompt[i, : len(p)] = p
