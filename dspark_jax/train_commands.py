@@ -18,11 +18,10 @@ from pathlib import Path
 import jax.numpy as jnp
 from flax import nnx
 
-from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import most_frequent_tokens
 from dspark_jax.models.drafter_checkpoint import export_drafter
-from dspark_jax.models.eagle3 import Eagle3Drafter
+from dspark_jax.models.drafters import KINDS, new_drafter
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
@@ -54,7 +53,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--shard-size", type=int, default=64)
 
     p = sub.add_parser("train", help="train a DSpark, DFlash or EAGLE-3 drafter for the target")
-    p.add_argument("--drafter", choices=("dspark", "dflash", "eagle3"), required=True)
+    p.add_argument("--drafter", choices=KINDS, required=True)
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
     p.add_argument("--cache", type=Path, default=None, help="directory written by prepare-cache (else online)")
@@ -160,10 +159,7 @@ def train(args: argparse.Namespace) -> None:
     vocab = spec.config.vocab_size
     if args.draft_vocab:
         vocab = most_frequent_tokens(tokens, loss_mask, args.draft_vocab, vocab, always=target.tokenizer.eos_ids)
-    if args.drafter == "eagle3":
-        model = Eagle3Drafter(drafter, vocab, rngs=nnx.Rngs(args.seed))
-    else:
-        model = BlockDrafter(drafter, vocab, args.rank if args.drafter == "dspark" else None, rngs=nnx.Rngs(args.seed))
+    model = new_drafter(args.drafter, drafter, vocab, args.rank, nnx.Rngs(args.seed))
     optimizer = make_optimizer(model, train_config)
     if args.cache is None:
         steps = online_steps(model, optimizer, target.config, target.params, jnp.asarray(tokens),

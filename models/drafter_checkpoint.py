@@ -20,11 +20,10 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from dspark_jax.atomic_file import write_atomically
-from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ConfigError, ModelConfig
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import VocabMap
-from dspark_jax.models.eagle3 import Eagle3Drafter
+from dspark_jax.models.drafters import Drafter, drafter_kind, new_drafter
 from dspark_jax.models.params import TransformerParams
 
 WEIGHTS, CONFIG = "drafter.safetensors", "drafter.json"
@@ -36,15 +35,6 @@ def target_fingerprint(config: ModelConfig, params: TransformerParams) -> str:
     """Identity of a target: its architecture plus a sample of its embedding (distinguishes fine-tunes)."""
     sample = np.asarray(params.embed[:: max(1, params.embed.shape[0] // 64), :64], np.float32)
     return hashlib.sha256(repr(config).encode() + sample.tobytes()).hexdigest()[:16]
-
-
-Drafter = BlockDrafter | Eagle3Drafter
-
-
-def drafter_kind(model: Drafter) -> str:
-    if isinstance(model, Eagle3Drafter):
-        return "eagle3"
-    return "dspark" if model.heads is not None else "dflash"
 
 
 def export_drafter(directory: Path, model: Drafter, target: ModelConfig, target_params: TransformerParams,
@@ -101,10 +91,7 @@ def import_drafter(directory: Path, target: ModelConfig, target_params: Transfor
     vocab = arrays.get(VOCAB_KEY)
     if vocab is None or vocab.shape != (meta["draft_vocab_size"],) or vocab.max(initial=0) >= target.vocab_size:
         raise ConfigError(f"{directory}: the draft vocabulary map {VOCAB_KEY!r} is missing or does not fit the target")
-    if meta["kind"] == "eagle3":
-        model = Eagle3Drafter(drafter, vocab, rngs=nnx.Rngs(0))
-    else:
-        model = BlockDrafter(drafter, vocab, meta["dspark_rank"], rngs=nnx.Rngs(0))
+    model = new_drafter(meta["kind"], drafter, vocab, meta["dspark_rank"], nnx.Rngs(0))
     stored = _stored(model)
     missing = [name for name, _ in stored if name not in arrays]
     if missing or len(arrays) != len(stored):

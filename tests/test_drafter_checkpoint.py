@@ -11,7 +11,8 @@ from tiny_models import tiny_config
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ConfigError
 from dspark_jax.models.dflash import DrafterConfig
-from dspark_jax.models.drafter_checkpoint import WEIGHTS, drafter_kind, export_drafter, import_drafter
+from dspark_jax.models.drafter_checkpoint import WEIGHTS, export_drafter, import_drafter
+from dspark_jax.models.drafters import drafter_kind
 from dspark_jax.models.eagle3 import Eagle3Drafter
 from dspark_jax.models.params import init_params
 

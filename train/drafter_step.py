@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.draft_vocab import DraftHead
+from dspark_jax.models.drafters import Drafter
 from dspark_jax.models.eagle3 import Eagle3Drafter
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
@@ -26,8 +26,6 @@ from dspark_jax.train.dflash_loss import dflash_loss
 from dspark_jax.train.dspark_loss import DSparkLossWeights, dspark_loss
 from dspark_jax.train.eagle3_loss import eagle3_loss
 from dspark_jax.train.eagle3_ttt import training_time_test
-
-Drafter = BlockDrafter | Eagle3Drafter
 
 
 @dataclasses.dataclass(frozen=True)

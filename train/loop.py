@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from dspark_jax.atomic_file import write_atomically
 from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.drafters import Drafter
 from dspark_jax.models.params import TransformerParams
-from dspark_jax.train.drafter_step import Drafter, TrainConfig, train_step, train_step_cached
+from dspark_jax.train.drafter_step import TrainConfig, train_step, train_step_cached
 from dspark_jax.train.target_cache import CachedShard
 
 # One optimizer step given the step's batch key and anchor key; returns (metrics, tokens in the batch).

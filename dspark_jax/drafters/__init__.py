@@ -8,7 +8,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-KINDS = ("dspark", "dflash", "eagle3")
+from dspark_jax.models.drafters import KINDS
+
 TARGET_FILE = "gemma-3-270m-q4_k_m.gguf"  # the file name of the default target they were trained for
 
 
