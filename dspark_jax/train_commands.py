@@ -18,6 +18,7 @@ from pathlib import Path
 import jax.numpy as jnp
 from flax import nnx
 
+from dspark_jax.atomic_file import write_atomically
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import most_frequent_tokens
 from dspark_jax.models.drafter_checkpoint import export_drafter
@@ -93,8 +94,8 @@ def prepare_data(args: argparse.Namespace) -> None:
     spec = describe_target(args.target)
     train_prompts, held_out = split(first_turns())
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "held_out.jsonl").open("w") as f:  # the eval format: {"turns": [...]}
-        f.writelines(json.dumps({"turns": [p]}) + "\n" for p in held_out)
+    held_out_text = "".join(json.dumps({"turns": [p]}) + "\n" for p in held_out)  # the eval format
+    write_atomically(args.out / "held_out.jsonl", lambda tmp: Path(tmp).write_text(held_out_text))
     target = load_target(spec)
     shards = regenerate(target, train_prompts[: args.num_prompts], args.out, config)
     print(f"{len(shards)} shards of regenerated sequences in {args.out}; {len(held_out)} held-out prompts in "
@@ -115,7 +116,8 @@ def prepare_cache(args: argparse.Namespace) -> None:
           f"{spec.config.hidden_size} bf16 -> {need / 2**30:.2f} GiB in {args.out}")
     target = load_target(spec)
     written = write_cache(target.config, target.params, layers, tokens, loss_mask, args.out, args.shard_size)
-    (args.out / "cache.json").write_text(json.dumps({"target_layers": list(layers), "length": args.length}))
+    meta = json.dumps({"target_layers": list(layers), "length": args.length})
+    write_atomically(args.out / "cache.json", lambda tmp: Path(tmp).write_text(meta))
     print(f"{len(written)} cache shards in {args.out}")
 
 
