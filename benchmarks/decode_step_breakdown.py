@@ -1,8 +1,11 @@
-"""Where one Gemma 3 270M decode step spends its time: LM head, decoder layers, whole step.
+"""Where one Gemma 3 270M decode step spends its time: LM head, decoder layers, whole step, and the floor
+that memory bandwidth puts under it.
 
     .venv/bin/python benchmarks/decode_step_breakdown.py
 
-Batch 1, float32, one new token against a 256-slot cache holding 100 tokens; best of 10 jitted runs.
+Batch 1, float32, one new token against a 256-slot cache holding 100 tokens; best of 10 jitted runs. A
+batch-1 step must read every weight once, so no float32 implementation can beat (weight bytes) / (the
+machine's streaming read bandwidth, measured here by summing a 1 GiB array).
 """
 
 import jax
@@ -27,6 +30,13 @@ def main() -> None:
     print(f"| LM head (262144 x 640 float32) | {best_ms(lambda: head(params, jnp.ones((1, 1, 640)))):.1f} |")
     print(f"| 18 decoder layers | {best_ms(lambda: layers(params, cache, token)):.1f} |")
     print(f"| whole step | {best_ms(lambda: step(params, cache, token)):.1f} |")
+
+    weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
+    stream = jnp.ones(2**28, jnp.float32)
+    read_ms = best_ms(lambda: jax.jit(jnp.sum)(stream))
+    bandwidth = stream.nbytes / (read_ms / 1000)
+    print(f"| bandwidth floor: {weight_bytes / 2**20:.0f} MiB of weights at {bandwidth / 1e9:.1f} GB/s "
+          f"| {1000 * weight_bytes / bandwidth:.1f} |")
 
 
 if __name__ == "__main__":
