@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 from flax import nnx
 from tiny_models import tiny_config
 
@@ -38,6 +39,11 @@ def proposer_for(kind, config, params):
                                        intermediate_size=64)
     vocab = reduced_vocab(config) if kind.endswith("reduced") else config.vocab_size
     model = BlockDrafter(drafter, vocab, 8 if kind.startswith("dspark") else None, rngs=nnx.Rngs(1))
+    if model.heads is not None:  # a trained-looking Markov head, so each slot depends on the token before it
+        markov = model.heads
+        keys = jax.random.split(jax.random.key(2))
+        markov.transition_in.embedding[...] = jax.random.normal(keys[0], markov.transition_in.embedding.shape)
+        markov.transition_out.kernel[...] = 0.5 * jax.random.normal(keys[1], markov.transition_out.kernel.shape)
     return make_block_proposer(config, model, params)
 
 
@@ -52,14 +58,44 @@ def test_greedy_is_lossless(target, kind, template):
     assert result.stats.target_steps <= 12
 
 
-def test_sampling_runs(target):
+def goodness_of_fit_p(samples: np.ndarray, probs: np.ndarray) -> float:
+    """Chi-square p-value of integer samples against probabilities over the same ids; outcomes expected
+    fewer than 10 times are pooled so the approximation holds."""
+    observed = np.bincount(samples, minlength=len(probs))
+    expected = probs * len(samples)
+    common = expected >= 10
+    observed = np.append(observed[common], observed[~common].sum())
+    expected = np.append(expected[common], expected[~common].sum())
+    return stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue
+
+
+@pytest.mark.parametrize("kind", ["dflash-reduced", "dspark-reduced"])
+def test_sampled_drafts_follow_their_reported_probabilities(target, kind):
+    """Rejection sampling is lossless only if every main-chain token is drawn from the q the proposer
+    reports. Over 4000 draws from one state: slot 1 follows q[1]; among the draws sharing the most common
+    slot-1 token, q[2] is one distribution (the Markov head conditions it on that token) and slot 2 follows
+    it. The same counts fail against a sharpened q, so the test has the power to notice a mismatch."""
     config, params = target
-    proposer, proposer_params = proposer_for("dspark", config, params)
-    sampling = SamplingConfig(temperature=1.0, top_p=0.9)
-    result = speculative_generate(params, config, PROMPTS, GenerationConfig(max_new_tokens=8, sampling=sampling),
-                                  proposer, proposer_params, TreeTemplate(1, 4), seed=3)
-    assert [len(r) for r in result.tokens] == [8, 8, 8]
-    assert all(0 <= t < config.vocab_size for row in result.tokens for t in row)
+    proposer, proposer_params = proposer_for(kind, config, params)
+    state = proposer.init(proposer_params, _prefilled(config, params), 32)
+    context = DraftContext(history=jnp.asarray([[5, 6, 7, 8, 5, 6, 7]], jnp.int32), length=jnp.asarray([7]),
+                           done=jnp.asarray([False]))
+    sampling = SamplingConfig(temperature=1.0)
+    draw = jax.jit(jax.vmap(lambda key: proposer.propose(proposer_params, state, context, TreeTemplate(1, 3),
+                                                        sampling, key)[0]))
+    drafts = draw(jax.random.split(jax.random.key(0), 4000))
+    tokens, q = np.asarray(drafts.tokens[:, 0, :, 0]), np.asarray(drafts.main_probs[:, 0], np.float64)
+
+    np.testing.assert_allclose(q[:, 0], np.broadcast_to(q[0, 0], q[:, 0].shape), rtol=1e-6)
+    assert goodness_of_fit_p(tokens[:, 0], q[0, 0]) > 1e-3
+    sharpened = q[0, 0] ** 2 / np.sum(q[0, 0] ** 2)
+    assert goodness_of_fit_p(tokens[:, 0], sharpened) < 1e-6
+
+    first = np.bincount(tokens[:, 0]).argmax()
+    group = tokens[:, 0] == first
+    assert group.sum() >= 200
+    np.testing.assert_allclose(q[group, 1], np.broadcast_to(q[group][0, 1], q[group, 1].shape), rtol=1e-6)
+    assert goodness_of_fit_p(tokens[group, 1], q[group][0, 1]) > 1e-3
 
 
 @pytest.mark.parametrize("kind", ["dflash-reduced", "dspark-reduced"])
