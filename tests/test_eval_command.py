@@ -63,9 +63,14 @@ def test_bench_prints_the_grid(drafter_dir, tmp_path, capsys):
     cli.main(["bench", "--target", TINY, "--drafter", str(drafter_dir), "--batch-sizes", "1,2", "--temperatures", "0",
               "--max-new-tokens", "6", "--output", str(tmp_path / "bench.json")])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 |")]
-    assert len(lines) == 2
     rows = json.loads((tmp_path / "bench.json").read_text())
-    assert [r["batch_size"] for r in rows] == [1, 2] and rows[0]["tiny-dspark"]["tokens_per_s"] > 0
+    assert [r["batch_size"] for r in rows] == [1, 2]
+    for line, row in zip(lines, rows, strict=True):
+        drafted = row["tiny-dspark"]
+        assert drafted["speedup"] == pytest.approx(drafted["tokens_per_s"] / row["autoregressive"])
+        assert 1.0 <= drafted["tau"] <= 4  # block size 3 plus the bonus token
+        assert line == (f"| 0 | {row['batch_size']} | {row['autoregressive']:.1f} | {drafted['tokens_per_s']:.1f} "
+                        f"({drafted['speedup']:.2f}x, {drafted['tau']:.2f}) |")
 
 
 @pytest.mark.parametrize("argv, message", [
