@@ -70,6 +70,8 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--draft-vocab", type=int, default=32768,
                    help="draft over the N most frequent response tokens (0: the target's whole vocabulary)")
     p.add_argument("--learning-rate", type=float, default=6e-4)
+    p.add_argument("--anchors", type=int, default=8,
+                   help="random block anchors per sequence and step (DeepSpec: 512; cost grows with it)")
     p.add_argument("--bf16", action="store_true", help="compute the drafter in bfloat16 (weights stay float32)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
@@ -141,8 +143,10 @@ def train(args: argparse.Namespace) -> None:
     drafter = DrafterConfig.for_target(spec.config, num_layers=args.layers, block_size=args.block_size,
                                        num_features=args.num_features,
                                        compute_dtype="bfloat16" if args.bf16 else "float32")
+    if args.anchors < 1:
+        raise ValueError(f"--anchors must be >= 1, got {args.anchors}")
     train_config = TrainConfig(learning_rate=args.learning_rate, warmup_steps=max(1, args.steps // 25),
-                               total_steps=args.steps)
+                               total_steps=args.steps, anchors_per_sequence=args.anchors)
     run = RunConfig(checkpoint_every=args.checkpoint_every, seed=args.seed)
 
     if args.draft_vocab < 0:

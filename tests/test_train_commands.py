@@ -33,7 +33,7 @@ def test_train_then_generate(data, tmp_path, drafter, mode, capsys):
         assert "GiB" in capsys.readouterr().out
         extra = ["--cache", str(tmp_path / "cache")]
     cli.main(["train", "--drafter", drafter, *common, *extra, "--out", str(tmp_path / "run"), "--steps", "3",
-              "--batch-size", "2", "--block-size", "3", "--rank", "8", "--checkpoint-every", "2"])
+              "--batch-size", "2", "--block-size", "3", "--rank", "8", "--checkpoint-every", "2", "--anchors", "3"])
     assert "trained 3/3 steps" in capsys.readouterr().out
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
     exported = json.loads((tmp_path / "run" / "drafter" / "drafter.json").read_text())
@@ -47,6 +47,13 @@ def test_train_needs_prepared_data(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--drafter", "dflash", "--target", TINY, "--data", str(tmp_path), "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "prepare-data" in capsys.readouterr().err
+
+
+def test_anchors_must_be_positive(data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--drafter", "dflash", "--target", TINY, "--data", str(data), "--out", str(tmp_path),
+                  "--anchors", "0"])
+    assert exit_info.value.code == 2 and "--anchors must be >= 1" in capsys.readouterr().err
 
 
 def test_cache_must_match_the_drafter_layers(data, tmp_path, capsys):
