@@ -5,7 +5,9 @@
 Prints (1) the target's final-norm multipliers, (2) RMS and mean max |x| of the fused target layers'
 outputs over two training sequences, (3) the drafter's top-1 agreement with the target per block position,
 teacher-forced on 32 random anchors in each of four training sequences (the training computation, so it
-can be compared with the accept rates `dspark-jax eval` measures at inference). Results: docs/results.md.
+can be compared with the accept rates `dspark-jax eval` measures at inference), (4) how much the training
+data holds: response tokens, distinct ones, and how many draft-vocabulary tokens never occur in it.
+Results: docs/results.md.
 """
 
 import argparse
@@ -41,8 +43,13 @@ def main() -> None:
 
     directory = shipped_drafter(args.drafter) if args.drafter in KINDS else Path(args.drafter)
     model = import_drafter(directory, target.config, target.params)
-    tokens, loss_mask = load_sequences(sorted(args.data.glob("sequences-*.npz")), LENGTH)
-    tokens, loss_mask = jnp.asarray(tokens[:4]), jnp.asarray(loss_mask[:4])
+    all_tokens, all_mask = load_sequences(sorted(args.data.glob("sequences-*.npz")), LENGTH)
+    responses = all_tokens[all_mask.astype(bool)]
+    unseen = np.setdiff1d(np.asarray(model.vocab.get_value()), responses).size
+    print(f"training data: {len(all_tokens)} sequences, {responses.size} response tokens, "
+          f"{np.unique(responses).size} distinct; {unseen} of the {model.vocab.get_value().shape[0]} draft "
+          "tokens never occur in a response")
+    tokens, loss_mask = jnp.asarray(all_tokens[:4]), jnp.asarray(all_mask[:4])
     layers = model.config.target_layers
     features, final_hidden = target_features(target.config, target.params, tokens, layers)
     for layer, f in zip(layers, np.asarray(features[:, :2])):
