@@ -1,11 +1,12 @@
-"""DFlash / DSpark proposers inside the speculative engine: lossless with untrained (random) drafters."""
+"""DFlash / DSpark proposers inside the speculative engine: lossless with untrained (random) drafters, and
+sampled drafts that follow the probabilities they report."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 from flax import nnx
+from scipy import stats
 from tiny_models import tiny_config
 
 from dspark_jax.generate import GenerationConfig, generate
