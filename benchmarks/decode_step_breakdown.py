@@ -3,7 +3,7 @@ that memory bandwidth puts under it.
 
     .venv/bin/python benchmarks/decode_step_breakdown.py
 
-Batch 1, float32, one new token against a 256-slot cache holding 100 tokens; best of 10 jitted runs. A
+Batch 1, float32, one new token (then the greedy pick of the next token, two ways) against a 256-slot cache holding 100 tokens; best of 10 jitted runs. A
 batch-1 step must read every weight once, so no float32 implementation can beat (weight bytes) / (the
 machine's streaming read bandwidth, measured here by summing a 1 GiB array).
 """
@@ -14,6 +14,7 @@ from timing import best_ms
 
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.transformer import forward, logits
+from dspark_jax.sampling import argmax
 from dspark_jax.target import load_target
 
 
@@ -30,6 +31,9 @@ def main() -> None:
     print(f"| LM head (262144 x 640 float32) | {best_ms(lambda: head(params, jnp.ones((1, 1, 640)))):.1f} |")
     print(f"| 18 decoder layers | {best_ms(lambda: layers(params, cache, token)):.1f} |")
     print(f"| whole step | {best_ms(lambda: step(params, cache, token)):.1f} |")
+    scores = jax.random.normal(jax.random.key(0), (1, config.vocab_size))
+    for name, pick in (("jnp.argmax", jax.jit(jnp.argmax)), ("sampling.argmax", jax.jit(argmax))):
+        print(f"| greedy pick over {config.vocab_size} logits, {name} | {best_ms(lambda: pick(scores)):.2f} |")
 
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     stream = jnp.ones(2**28, jnp.float32)

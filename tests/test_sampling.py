@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dspark_jax.sampling import SamplingConfig, probabilities, sample
+from dspark_jax.sampling import SamplingConfig, argmax, categorical, probabilities, sample
 
 
 def reference_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -36,6 +36,26 @@ def test_greedy_is_one_hot_argmax():
     logits = jnp.asarray([[0.1, 3.0, -1.0], [2.0, 0.0, 1.9]])
     np.testing.assert_array_equal(probabilities(logits, SamplingConfig()), [[0, 1, 0], [1, 0, 0]])
     np.testing.assert_array_equal(sample(logits, jax.random.split(jax.random.key(0), 2), SamplingConfig()), [1, 0])
+
+
+def test_argmax_matches_jnp_argmax_on_ties_and_infinities():
+    rows = np.random.default_rng(2).integers(-3, 4, size=(64, 300)).astype(np.float32)  # many ties
+    rows[6, :] = -np.inf
+    rows[7, [3, 9]] = np.inf
+    got = argmax(jnp.asarray(rows))
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(got, np.argmax(rows, axis=-1))
+
+
+def test_argmax_of_a_row_with_nan_stays_inside_the_row():
+    row = np.asarray([[-2.0, 3.0, np.nan, 1.0, 3.0]], np.float32)
+    assert int(argmax(jnp.asarray(row))[0]) in (1, 2)  # the first maximum or the NaN, never out of range
+
+
+def test_categorical_draws_what_jax_random_categorical_draws():
+    logits = jnp.asarray(np.random.default_rng(3).normal(size=(16, 1000)), jnp.float32)
+    keys = jax.random.split(jax.random.key(4), 16)
+    np.testing.assert_array_equal(categorical(keys, logits), jax.vmap(jax.random.categorical)(keys, logits))
 
 
 def test_sampled_frequencies_follow_the_filtered_distribution():

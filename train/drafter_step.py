@@ -21,6 +21,7 @@ from dspark_jax.models.eagle3 import Eagle3Drafter
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import embed, forward, logits
+from dspark_jax.sampling import argmax
 from dspark_jax.train.blocks import Blocks, make_blocks, sample_anchors
 from dspark_jax.train.dflash_loss import dflash_loss
 from dspark_jax.train.dspark_loss import DSparkLossWeights, dspark_loss
@@ -85,7 +86,7 @@ def drafter_loss(model: Drafter, target: ModelConfig, params: TransformerParams,
             draft_logits, confidence = model.heads.teacher_forced(draft_logits, hidden, head.to_draft(blocks.previous))
             value, parts = dspark_loss(flat(draft_logits), flat(head.target_log_probs(target_logits)),
                                        flat(confidence), flat(targets), flat(blocks.valid), loss)
-    accepted = head.to_target(jnp.argmax(draft_logits, -1)) == jnp.argmax(target_logits, -1)
+    accepted = head.to_target(argmax(draft_logits)) == argmax(target_logits)
     parts["top1_agreement"] = jnp.sum(accepted & blocks.valid) / jnp.maximum(jnp.sum(blocks.valid), 1)
     return value, parts
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from dspark_jax.sampling import SamplingConfig, probabilities
+from dspark_jax.sampling import SamplingConfig, categorical, probabilities
 from dspark_jax.tree import TreeTemplate
 
 
@@ -99,7 +99,7 @@ def expand_candidates(logits: jax.Array, width: int, sampling: SamplingConfig,
     if sampling.greedy:
         return jax.lax.top_k(logits, width)[1].astype(jnp.int32), None
     q = probabilities(logits, sampling)
-    main = jax.vmap(jax.random.categorical)(jax.random.split(key, logits.shape[0]), jnp.log(q)).astype(jnp.int32)
+    main = categorical(jax.random.split(key, logits.shape[0]), jnp.log(q))
     if width == 1:
         return main[:, None], q
     others = jnp.where(jax.nn.one_hot(main, logits.shape[-1], dtype=bool), -jnp.inf, logits)
