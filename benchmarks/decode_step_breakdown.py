@@ -3,8 +3,9 @@ that memory bandwidth puts under it.
 
     .venv/bin/python benchmarks/decode_step_breakdown.py
 
-Batch 1, float32, one new token (then the greedy pick of the next token, two ways) against a 256-slot cache holding 100 tokens; best of 10 jitted runs. A
-batch-1 step must read every weight once, so no float32 implementation can beat (weight bytes) / (the
+Batch 1, float32, one new token and a speculative verify pass of 8 tokens against a 256-slot cache holding
+100 tokens, then the greedy pick of the next token two ways; best of 10 jitted runs. A batch-1 step
+must read every weight once, so no float32 implementation can beat (weight bytes) / (the
 machine's streaming read bandwidth, measured here by summing a 1 GiB array).
 """
 
@@ -17,20 +18,26 @@ from dspark_jax.models.transformer import forward, logits
 from dspark_jax.sampling import argmax
 from dspark_jax.target import load_target
 
+VERIFY_WIDTH = 8
+
 
 def main() -> None:
     target = load_target()
     config, params = target.config, target.params
     cache = KVCache.empty(config, 1, 256)
     cache = forward(params, jnp.ones((1, 100), jnp.int32), jnp.arange(100)[None], cache, config=config).cache
-    token, position = jnp.ones((1, 1), jnp.int32), jnp.full((1, 1), 100)
-    layers = jax.jit(lambda p, c, t: forward(p, t, position, c, config=config).hidden)
-    head = jax.jit(lambda p, h: logits(p, h, config=config))
-    step = jax.jit(lambda p, c, t: logits(p, forward(p, t, position, c, config=config).hidden, config=config))
     print("| part | ms |\n| --- | ---: |")
-    print(f"| LM head (262144 x 640 float32) | {best_ms(lambda: head(params, jnp.ones((1, 1, 640)))):.1f} |")
-    print(f"| 18 decoder layers | {best_ms(lambda: layers(params, cache, token)):.1f} |")
-    print(f"| whole step | {best_ms(lambda: step(params, cache, token)):.1f} |")
+    for width in (1, VERIFY_WIDTH):  # one decode token; one speculative verify pass (γ = 7 plus the anchor)
+        tokens, positions = jnp.ones((1, width), jnp.int32), 100 + jnp.arange(width)[None]
+        layers = jax.jit(lambda p, c, t, pos=positions: forward(p, t, pos, c, config=config).hidden)
+        head = jax.jit(lambda p, h: logits(p, h, config=config))
+        step = jax.jit(lambda p, c, t, pos=positions: logits(p, forward(p, t, pos, c, config=config).hidden,
+                                                               config=config))
+        label = f"{width} token{'s' if width > 1 else ''}"
+        head_ms = best_ms(lambda: head(params, jnp.ones((1, width, config.hidden_size))))
+        print(f"| {label}: LM head ({config.vocab_size} x {config.hidden_size} float32) | {head_ms:.1f} |")
+        print(f"| {label}: {config.num_layers} decoder layers | {best_ms(lambda: layers(params, cache, tokens)):.1f} |")
+        print(f"| {label}: whole step | {best_ms(lambda: step(params, cache, tokens)):.1f} |")
     scores = jax.random.normal(jax.random.key(0), (1, config.vocab_size))
     for name, pick in (("jnp.argmax", jax.jit(jnp.argmax)), ("sampling.argmax", jax.jit(argmax))):
         print(f"| greedy pick over {config.vocab_size} logits, {name} | {best_ms(lambda: pick(scores)):.2f} |")
