@@ -38,18 +38,23 @@ def test_greedy_is_one_hot_argmax():
     np.testing.assert_array_equal(sample(logits, jax.random.split(jax.random.key(0), 2), SamplingConfig()), [1, 0])
 
 
-def test_argmax_matches_jnp_argmax_on_ties_and_infinities():
-    rows = np.random.default_rng(2).integers(-3, 4, size=(64, 300)).astype(np.float32)  # many ties
+@pytest.mark.parametrize("vocab", [300, 4096, 5000])  # one padded chunk, whole chunks, chunks plus padding
+def test_argmax_matches_numpy_on_ties_and_infinities(vocab):
+    rows = np.random.default_rng(2).integers(-3, 4, size=(64, vocab)).astype(np.float32)  # ties in many chunks
     rows[6, :] = -np.inf
-    rows[7, [3, 9]] = np.inf
-    got = argmax(jnp.asarray(rows))
-    assert got.dtype == jnp.int32
-    np.testing.assert_array_equal(got, np.argmax(rows, axis=-1))
+    rows[7, [3, vocab - 1]] = np.inf
+    rows[8, :] = 0.0
+    rows[8, vocab - 1] = 5.0  # the maximum in the last, padded chunk
+    rows[9:16] = np.random.default_rng(3).normal(size=(7, vocab))  # one maximum, anywhere in the row
+    got = argmax(jnp.asarray(rows.reshape(8, 8, vocab)))
+    assert got.dtype == jnp.int32 and got.shape == (8, 8)
+    np.testing.assert_array_equal(got.reshape(-1), np.argmax(rows, axis=-1))
 
 
 def test_argmax_of_a_row_with_nan_stays_inside_the_row():
     row = np.asarray([[-2.0, 3.0, np.nan, 1.0, 3.0]], np.float32)
     assert int(argmax(jnp.asarray(row))[0]) in (1, 2)  # the first maximum or the NaN, never out of range
+    assert 0 <= int(argmax(jnp.full((1, 3000), jnp.nan))[0]) < 3000
 
 
 def test_categorical_draws_what_jax_random_categorical_draws():
