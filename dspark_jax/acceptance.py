@@ -6,7 +6,8 @@ and on rejection p becomes normalize(max(0, p - q)) before the next sibling. A d
 one-hot q, which gives the sibling rule "accept with p(x), else zero p(x) and renormalise". When no child
 is accepted (or the path ends) the bonus token is drawn from what is left of p. Greedy decoding is the
 special case of one-hot p (the target's argmax): acceptance is then exact match and the bonus is the argmax,
-so greedy output equals the target's own token for token.
+so greedy output equals the target's own token for token. `accept_greedy` is that special case computed from
+the argmax tokens alone, so greedy verification never builds [B, N, V] one-hot distributions (tested equal).
 """
 
 from __future__ import annotations
@@ -93,3 +94,34 @@ def accept(template: TreeTemplate, target_probs: jax.Array, node_tokens: jax.Arr
     num_accepted = jnp.sum(path[:, 1:] != path[:, :-1], axis=1).astype(jnp.int32)
     bonus = sample_from(residual, jax.random.uniform(bonus_key, (batch,)))
     return Acceptance(path=path, num_accepted=num_accepted, bonus=bonus)
+
+
+def accept_greedy(template: TreeTemplate, target_tokens: jax.Array, node_tokens: jax.Array) -> Acceptance:
+    """`accept` for a greedy target, whose distribution at every node is one-hot on its argmax.
+
+    target_tokens: int32[B, N], the target's argmax at every node; node_tokens: int32[B, N] as in `accept`.
+    A child is accepted exactly when it is its parent's target token (the first such sibling), whatever the
+    draft's distribution; the bonus is the target token at the last accepted node. Same result as `accept`
+    with one-hot target_probs, without the vocabulary-wide work.
+    """
+    batch = node_tokens.shape[0]
+    has_children = jnp.asarray(template.has_children)
+    current = jnp.zeros(batch, jnp.int32)
+    alive = jnp.ones(batch, bool)
+    path = [current]
+    for d in range(1, template.depth + 1):
+        expected = _take(target_tokens, current)
+        expanding = alive & has_children[current]
+        chosen = jnp.zeros(batch, jnp.int32)
+        found = jnp.zeros(batch, bool)
+        for w in range(template.width):
+            node = template.node(d, w)
+            ok = expanding & ~found & (node_tokens[:, node] == expected)
+            chosen = jnp.where(ok, node, chosen)
+            found = found | ok
+        current = jnp.where(found, chosen, current)
+        alive = found
+        path.append(current)
+    path = jnp.stack(path, axis=1)
+    num_accepted = jnp.sum(path[:, 1:] != path[:, :-1], axis=1).astype(jnp.int32)
+    return Acceptance(path=path, num_accepted=num_accepted, bonus=_take(target_tokens, current))

@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dspark_jax.acceptance import accept
+from dspark_jax.acceptance import accept, accept_greedy
 from dspark_jax.generate import GenerationConfig, pad_prompts, prefill_prompt, round_up
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.kv_cache import KVCache, keep_path
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import forward, logits
 from dspark_jax.proposers.base import DraftContext, Prefilled, Proposer, Verified
-from dspark_jax.sampling import probabilities, sample
+from dspark_jax.sampling import argmax, probabilities, sample
 from dspark_jax.tree import TreeTemplate, verify_mask, verify_positions
 
 
@@ -101,8 +101,12 @@ class SpecDecoder:
                       config=self.model, write_slots=jnp.where(state.done[:, None], self.cache_size, slots),
                       mask=verify_mask(template, anchor_position, state.cache.positions),
                       capture_layers=self.proposer.capture_layers)
-        target_probs = probabilities(logits(params, out.hidden, config=self.model), self.generation.sampling)
-        result = accept(template, target_probs, node_tokens, draft.main_probs, accept_key)
+        target_logits = logits(params, out.hidden, config=self.model)
+        if self.generation.sampling.greedy:
+            result = accept_greedy(template, argmax(target_logits), node_tokens)
+        else:
+            target_probs = probabilities(target_logits, self.generation.sampling)
+            result = accept(template, target_probs, node_tokens, draft.main_probs, accept_key)
         num_accepted = jnp.where(state.done, 0, result.num_accepted)
         cache = keep_path(out.cache, anchor_position, result.path, num_accepted)
 

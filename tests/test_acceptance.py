@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dspark_jax.acceptance import accept, sample_from
+from dspark_jax.acceptance import accept, accept_greedy, sample_from
 from dspark_jax.tree import TreeTemplate
 
 V = 5
@@ -115,6 +115,22 @@ def test_greedy_is_exact_match():
     np.testing.assert_array_equal(result.num_accepted, [2, 1, 0])
     np.testing.assert_array_equal(result.bonus, [4, 1, 2])
     np.testing.assert_array_equal(result.path, [[0, 1, 2], [0, 1, 1], [0, 0, 0]])
+
+
+@pytest.mark.parametrize("width, depth", [(1, 4), (3, 2), (2, 3)])
+@pytest.mark.parametrize("sampled_main", [False, True])
+def test_accept_greedy_equals_accept_with_one_hot_targets(width, depth, sampled_main):
+    rng = np.random.default_rng(width * 10 + depth)
+    template, vocab, batch = TreeTemplate(width, depth), V, 4096  # enough rows for every path length
+    target_tokens = rng.integers(0, vocab, size=(batch, template.num_nodes))
+    node_tokens = rng.integers(0, vocab, size=(batch, template.num_nodes))
+    main_probs = jnp.asarray(random_dist(rng, batch, depth)) if sampled_main else None
+    general = accept(template, jax.nn.one_hot(target_tokens, vocab), jnp.asarray(node_tokens), main_probs,
+                     jax.random.key(1))
+    greedy = accept_greedy(template, jnp.asarray(target_tokens, jnp.int32), jnp.asarray(node_tokens))
+    assert len(set(np.asarray(greedy.num_accepted).tolist())) == depth + 1
+    for field in ("path", "num_accepted", "bonus"):
+        np.testing.assert_array_equal(getattr(greedy, field), getattr(general, field))
 
 
 def test_sample_from_skips_zero_probability_tokens():
