@@ -61,39 +61,24 @@ def accept(template: TreeTemplate, target_probs: jax.Array, node_tokens: jax.Arr
     batch, _, vocab = target_probs.shape
     acceptance_key, bonus_key = jax.random.split(key)
     uniforms = jax.random.uniform(acceptance_key, (batch, template.depth, template.width))
-    has_children = jnp.asarray(template.has_children)
 
-    current = jnp.zeros(batch, jnp.int32)
-    alive = jnp.ones(batch, bool)
-    residual = target_probs[:, 0]
-    path = [current]
-    for d in range(1, template.depth + 1):
-        expanding = alive & has_children[current]
-        chosen = jnp.zeros(batch, jnp.int32)
-        found = jnp.zeros(batch, bool)
-        for w in range(template.width):
-            node = template.node(d, w)
-            token = node_tokens[:, node]
-            if w == 0 and main_draft_probs is not None:
-                q = main_draft_probs[:, d - 1]
-            else:
-                q = jax.nn.one_hot(token, vocab, dtype=residual.dtype)
-            trying = expanding & ~found
-            ok = trying & (uniforms[:, d - 1, w] * _token_prob(q, token) < _token_prob(residual, token))
-            leftover = jnp.maximum(residual - q, 0.0)
-            total = jnp.sum(leftover, axis=-1, keepdims=True)
-            leftover = jnp.where(total > 0, leftover / jnp.where(total > 0, total, 1.0), residual)
-            residual = jnp.where((trying & ~ok)[:, None], leftover, residual)
-            chosen = jnp.where(ok, node, chosen)
-            found = found | ok
-        current = jnp.where(found, chosen, current)
-        residual = jnp.where(found[:, None], _take(target_probs, current), residual)
-        alive = found
-        path.append(current)
-    path = jnp.stack(path, axis=1)
-    num_accepted = jnp.sum(path[:, 1:] != path[:, :-1], axis=1).astype(jnp.int32)
-    bonus = sample_from(residual, jax.random.uniform(bonus_key, (batch,)))
-    return Acceptance(path=path, num_accepted=num_accepted, bonus=bonus)
+    def try_child(depth: int, candidate: int, node: int, trying: jax.Array, residual: jax.Array):
+        token = node_tokens[:, node]
+        if candidate == 0 and main_draft_probs is not None:
+            q = main_draft_probs[:, depth - 1]
+        else:
+            q = jax.nn.one_hot(token, vocab, dtype=residual.dtype)
+        ok = trying & (uniforms[:, depth - 1, candidate] * _token_prob(q, token) < _token_prob(residual, token))
+        leftover = jnp.maximum(residual - q, 0.0)
+        total = jnp.sum(leftover, axis=-1, keepdims=True)
+        leftover = jnp.where(total > 0, leftover / jnp.where(total > 0, total, 1.0), residual)
+        return ok, jnp.where((trying & ~ok)[:, None], leftover, residual)
+
+    def descend(found: jax.Array, current: jax.Array, residual: jax.Array) -> jax.Array:
+        return jnp.where(found[:, None], _take(target_probs, current), residual)
+
+    path, residual = _walk(template, batch, try_child, descend, target_probs[:, 0])
+    return _acceptance(path, sample_from(residual, jax.random.uniform(bonus_key, (batch,))))
 
 
 def accept_greedy(template: TreeTemplate, target_tokens: jax.Array, node_tokens: jax.Array) -> Acceptance:
@@ -104,24 +89,45 @@ def accept_greedy(template: TreeTemplate, target_tokens: jax.Array, node_tokens:
     draft's distribution; the bonus is the target token at the last accepted node. Same result as `accept`
     with one-hot target_probs, without the vocabulary-wide work.
     """
-    batch = node_tokens.shape[0]
+
+    def try_child(depth: int, candidate: int, node: int, trying: jax.Array, expected: jax.Array):
+        return trying & (node_tokens[:, node] == expected), expected
+
+    def descend(found: jax.Array, current: jax.Array, expected: jax.Array) -> jax.Array:
+        return _take(target_tokens, current)
+
+    path, expected = _walk(template, node_tokens.shape[0], try_child, descend, target_tokens[:, 0])
+    return _acceptance(path, expected)
+
+
+def _walk(template: TreeTemplate, batch: int, try_child, descend, carry: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The walk both rules share: from the anchor, try the children of the current node in order and move to
+    the first accepted one, until none is or the path ends.
+
+    try_child(depth, candidate, node, trying, carry) -> (ok, carry) tests one child for the rows where
+    `trying` (ok must be False elsewhere); descend(found, current, carry) -> carry runs after each depth.
+    Returns the path, int32[B, D + 1] padded with its last node, and the final carry.
+    """
     has_children = jnp.asarray(template.has_children)
     current = jnp.zeros(batch, jnp.int32)
     alive = jnp.ones(batch, bool)
     path = [current]
     for d in range(1, template.depth + 1):
-        expected = _take(target_tokens, current)
         expanding = alive & has_children[current]
         chosen = jnp.zeros(batch, jnp.int32)
         found = jnp.zeros(batch, bool)
         for w in range(template.width):
             node = template.node(d, w)
-            ok = expanding & ~found & (node_tokens[:, node] == expected)
+            ok, carry = try_child(d, w, node, expanding & ~found, carry)
             chosen = jnp.where(ok, node, chosen)
             found = found | ok
         current = jnp.where(found, chosen, current)
+        carry = descend(found, current, carry)
         alive = found
         path.append(current)
-    path = jnp.stack(path, axis=1)
+    return jnp.stack(path, axis=1), carry
+
+
+def _acceptance(path: jax.Array, bonus: jax.Array) -> Acceptance:
     num_accepted = jnp.sum(path[:, 1:] != path[:, :-1], axis=1).astype(jnp.int32)
-    return Acceptance(path=path, num_accepted=num_accepted, bonus=_take(target_tokens, current))
+    return Acceptance(path=path, num_accepted=num_accepted, bonus=bonus)
