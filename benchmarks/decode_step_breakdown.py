@@ -26,11 +26,11 @@ def main() -> None:
     config, params = target.config, target.params
     cache = KVCache.empty(config, 1, 256)
     cache = forward(params, jnp.ones((1, 100), jnp.int32), jnp.arange(100)[None], cache, config=config).cache
+    head = jax.jit(lambda p, h: logits(p, h, config=config))
     print("| part | ms |\n| --- | ---: |")
     for width in (1, VERIFY_WIDTH):  # one decode token; one speculative verify pass (γ = 7 plus the anchor)
         tokens, positions = jnp.ones((1, width), jnp.int32), 100 + jnp.arange(width)[None]
         layers = jax.jit(lambda p, c, t, pos=positions: forward(p, t, pos, c, config=config).hidden)
-        head = jax.jit(lambda p, h: logits(p, h, config=config))
         step = jax.jit(lambda p, c, t, pos=positions: logits(p, forward(p, t, pos, c, config=config).hidden,
                                                                config=config))
         label = f"{width} token{'s' if width > 1 else ''}"
