@@ -4,7 +4,7 @@ that memory bandwidth puts under it.
     .venv/bin/python benchmarks/decode_step_breakdown.py
 
 Batch 1, float32, one new token and a speculative verify pass of 8 tokens against a 256-slot cache holding
-100 tokens, then the greedy pick of the next token two ways; best of 10 jitted runs. A batch-1 step
+100 tokens, then the greedy pick and greedy acceptance two ways each; best of 10 jitted runs. A batch-1 step
 must read every weight once, so no float32 implementation can beat (weight bytes) / (the
 machine's streaming read bandwidth, measured here by summing a 1 GiB array).
 """
@@ -13,10 +13,12 @@ import jax
 import jax.numpy as jnp
 from timing import best_ms
 
+from dspark_jax.acceptance import accept, accept_greedy
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.transformer import forward, logits
-from dspark_jax.sampling import argmax
+from dspark_jax.sampling import SamplingConfig, argmax, probabilities
 from dspark_jax.target import load_target
+from dspark_jax.tree import TreeTemplate
 
 VERIFY_WIDTH = 8
 
@@ -38,9 +40,7 @@ def main() -> None:
         print(f"| {label}: LM head ({config.vocab_size} x {config.hidden_size} float32) | {head_ms:.1f} |")
         print(f"| {label}: {config.num_layers} decoder layers | {best_ms(lambda: layers(params, cache, tokens)):.1f} |")
         print(f"| {label}: whole step | {best_ms(lambda: step(params, cache, tokens)):.1f} |")
-    scores = jax.random.normal(jax.random.key(0), (1, config.vocab_size))
-    for name, pick in (("jnp.argmax", jax.jit(jnp.argmax)), ("sampling.argmax", jax.jit(argmax))):
-        print(f"| greedy pick over {config.vocab_size} logits, {name} | {best_ms(lambda: pick(scores)):.2f} |")
+    greedy_verify(config.vocab_size)
 
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     stream = jnp.ones(2**28, jnp.float32)
@@ -48,6 +48,29 @@ def main() -> None:
     bandwidth = stream.nbytes / (read_ms / 1000)
     print(f"| bandwidth floor: {weight_bytes / 2**20:.0f} MiB of weights at {bandwidth / 1e9:.1f} GB/s "
           f"| {1000 * weight_bytes / bandwidth:.1f} |")
+
+
+def greedy_verify(vocab_size: int) -> None:
+    """The greedy pick (one row, and the 8 / 64 rows of a verified 1x7 chain at batch 1 / 8) and that chain's
+    acceptance: `jnp.argmax` against `sampling.argmax`, `accept` over one-hot distributions against
+    `accept_greedy`."""
+    template, greedy = TreeTemplate(1, VERIFY_WIDTH - 1), SamplingConfig()
+    one_hot_accept = jax.jit(lambda x, tokens: accept(template, probabilities(x, greedy), tokens, None,
+                                                      jax.random.key(0)).bonus)
+    token_accept = jax.jit(lambda x, tokens: accept_greedy(template, argmax(x), tokens).bonus)
+    picks = (("jnp.argmax", jax.jit(lambda x: jnp.argmax(x, axis=-1))), ("sampling.argmax", jax.jit(argmax)))
+    row = jax.random.normal(jax.random.key(0), (1, vocab_size))
+    for name, pick in picks:
+        print(f"| greedy pick, 1 row of {vocab_size} logits, {name} | {best_ms(lambda: pick(row)):.2f} |")
+    for batch in (1, 8):
+        scores = jax.random.normal(jax.random.key(batch), (batch, VERIFY_WIDTH, vocab_size))
+        tokens = argmax(scores)
+        for name, pick in picks:
+            rows = f"{batch * VERIFY_WIDTH} rows of {vocab_size} logits"
+            print(f"| greedy pick, {rows}, {name} | {best_ms(lambda: pick(scores)):.2f} |")
+        for name, verify in (("one-hot accept", one_hot_accept), ("accept_greedy", token_accept)):
+            verify_ms = best_ms(lambda: verify(scores, tokens))
+            print(f"| pick + acceptance, batch {batch} (1x7 chain), {name} | {verify_ms:.2f} |")
 
 
 if __name__ == "__main__":
