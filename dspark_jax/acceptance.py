@@ -17,6 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dspark_jax.sampling import sample_from
 from dspark_jax.tree import TreeTemplate
 
 
@@ -35,17 +36,6 @@ def _take(table: jax.Array, index: jax.Array) -> jax.Array:
 
 def _token_prob(probs: jax.Array, tokens: jax.Array) -> jax.Array:
     return jnp.take_along_axis(probs, tokens[:, None], axis=1)[:, 0]
-
-
-def sample_from(probs: jax.Array, uniforms: jax.Array) -> jax.Array:
-    """int32[B]: inverse-CDF draw from each row of probs [B, V] with uniforms [B] in [0, 1).
-
-    Exact for one-hot rows, so greedy needs no special case.
-    """
-    cdf = jnp.cumsum(probs, axis=-1)
-    threshold = uniforms[:, None] * cdf[:, -1:]
-    # Zero-probability tokens never win: the count of cdf entries <= threshold skips them.
-    return jnp.minimum(jnp.sum(cdf <= threshold, axis=-1), probs.shape[-1] - 1).astype(jnp.int32)
 
 
 def accept(template: TreeTemplate, target_probs: jax.Array, node_tokens: jax.Array,

@@ -87,11 +87,48 @@ def _first_hit(x: jax.Array, value: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(hits, positions, x.shape[-1]), axis=-1)
 
 
+SAMPLE_CHUNK = 1024
+
+
+def sample_from(weights: jax.Array, uniforms: jax.Array) -> jax.Array:
+    """int32[B]: inverse-CDF draw from each row of non-negative weights [B, V] (normalised or not), with
+    uniforms [B] in [0, 1). Exact for one-hot rows; a zero-weight token is never drawn.
+
+    A cumulative sum over Gemma's 262,144 entries is a long sequential scan on XLA:CPU (50 ms for 32 rows).
+    Here the row is cut into chunks: the cumulative mass of the chunk totals picks the chunk, and only that
+    chunk is scanned (32 rows: ~15 ms).
+    """
+    batch, size = weights.shape
+    weights = jnp.pad(weights, ((0, 0), (0, -size % SAMPLE_CHUNK)))
+    chunks = weights.reshape(batch, -1, SAMPLE_CHUNK)
+    chunk_mass = jnp.sum(chunks, axis=-1)  # [B, C]
+    chunk_cdf = jnp.cumsum(chunk_mass, axis=-1)
+    threshold = uniforms * chunk_cdf[:, -1]
+    # The first chunk whose cumulative mass passes the threshold; chunks of zero mass are skipped.
+    chunk = _clamp_to_positive(chunk_mass, jnp.sum(chunk_cdf <= threshold[:, None], axis=-1))
+    block = jnp.take_along_axis(chunks, chunk[:, None, None], axis=1)[:, 0]  # [B, SAMPLE_CHUNK]
+    mass_before = jnp.take_along_axis(chunk_cdf - chunk_mass, chunk[:, None], axis=1)[:, 0]
+    inside = jnp.sum(jnp.cumsum(block, axis=-1) <= (threshold - mass_before)[:, None], axis=-1)
+    # Rounding between the two sums can land just outside the chunk's positive entries: clamp into them.
+    token = chunk * SAMPLE_CHUNK + _clamp_to_positive(block, inside)
+    return jnp.minimum(token, size - 1).astype(jnp.int32)
+
+
+def _clamp_to_positive(weights: jax.Array, index: jax.Array) -> jax.Array:
+    """index [B] moved into [first, last] positive entry of its row of weights [B, K] (0 if none is)."""
+    positions = jnp.arange(weights.shape[-1], dtype=jnp.int32)
+    positive = weights > 0
+    first = jnp.min(jnp.where(positive, positions, weights.shape[-1]), axis=-1)
+    last = jnp.max(jnp.where(positive, positions, 0), axis=-1)
+    return jnp.clip(index, jnp.minimum(first, last), last)
+
+
 def categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
-    """int32[B]: one draw per row from softmax(logits [B, V]), one PRNG key per row; the same draws as
-    `jax.random.categorical` (Gumbel-max with the same noise), through the fast `argmax`."""
-    noise = jax.vmap(lambda key: jax.random.gumbel(key, logits.shape[-1:], logits.dtype))(keys)
-    return argmax(noise + logits)
+    """int32[B]: one draw per row from softmax(logits [B, V]), one PRNG key per row. Inverse CDF with one
+    uniform per row: Gumbel-max (`jax.random.categorical`) needs V random numbers and two logs per entry,
+    140 ms for 32 rows of Gemma's vocabulary."""
+    weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    return sample_from(weights, jax.vmap(jax.random.uniform)(keys))
 
 
 def probabilities(logits: jax.Array, config: SamplingConfig) -> jax.Array:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dspark_jax.acceptance import accept, accept_greedy, sample_from
+from dspark_jax.acceptance import accept, accept_greedy
 from dspark_jax.tree import TreeTemplate
 
 V = 5
@@ -131,11 +131,3 @@ def test_accept_greedy_equals_accept_with_one_hot_targets(width, depth, sampled_
     assert len(set(np.asarray(greedy.num_accepted).tolist())) == depth + 1
     for field in ("path", "num_accepted", "bonus"):
         np.testing.assert_array_equal(getattr(greedy, field), getattr(general, field))
-
-
-def test_sample_from_skips_zero_probability_tokens():
-    probs = jnp.asarray([[0.0, 0.5, 0.0, 0.5], [0.0, 0.0, 1.0, 0.0]])
-    for u in [0.0, 0.25, 0.49, 0.5, 0.99]:
-        token = sample_from(probs, jnp.full((2,), u))
-        assert int(token[0]) == (1 if u < 0.5 else 3)
-        assert int(token[1]) == 2

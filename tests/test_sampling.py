@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dspark_jax.sampling import SamplingConfig, argmax, categorical, probabilities, sample
+from dspark_jax.sampling import SAMPLE_CHUNK, SamplingConfig, argmax, categorical, probabilities, sample, sample_from
 
 
 def reference_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -57,10 +57,41 @@ def test_argmax_of_a_row_with_nan_stays_inside_the_row():
     assert 0 <= int(argmax(jnp.full((1, 3000), jnp.nan))[0]) < 3000
 
 
-def test_categorical_draws_what_jax_random_categorical_draws():
-    logits = jnp.asarray(np.random.default_rng(3).normal(size=(16, 1000)), jnp.float32)
-    keys = jax.random.split(jax.random.key(4), 16)
-    np.testing.assert_array_equal(categorical(keys, logits), jax.vmap(jax.random.categorical)(keys, logits))
+def test_sample_from_skips_zero_probability_tokens():
+    probs = jnp.asarray([[0.0, 0.5, 0.0, 0.5], [0.0, 0.0, 1.0, 0.0]])
+    for u in [0.0, 0.25, 0.49, 0.5, 0.99, np.nextafter(np.float32(1), np.float32(0))]:
+        token = sample_from(probs, jnp.full((2,), u, jnp.float32))
+        assert int(token[0]) == (1 if u < 0.5 else 3)
+        assert int(token[1]) == 2
+
+
+def test_sample_from_is_the_inverse_cdf_across_chunks():
+    vocab = 3 * SAMPLE_CHUNK + 100  # whole chunks plus a padded one
+    weights = np.random.default_rng(5).exponential(size=vocab).astype(np.float32)
+    weights[np.random.default_rng(6).random(vocab) < 0.3] = 0.0  # zero runs inside and across chunks
+    weights[:SAMPLE_CHUNK] = 0.0  # whole chunks without mass, the first one included (u = 0 must skip it)
+    weights[2 * SAMPLE_CHUNK : 3 * SAMPLE_CHUNK] = 0.0
+    uniforms = np.random.default_rng(7).random(512).astype(np.float32)
+    uniforms[:2] = [0.0, np.nextafter(np.float32(1), np.float32(0))]
+    got = np.asarray(sample_from(jnp.asarray(np.tile(weights, (512, 1))), jnp.asarray(uniforms)))
+    cdf = np.cumsum(weights.astype(np.float64))
+    expected = np.searchsorted(cdf, uniforms * cdf[-1], side="right")
+    assert np.all(weights[got] > 0)
+    # float32 sums differ from float64 ones only for thresholds within rounding of a boundary.
+    assert np.mean(got == np.minimum(expected, vocab - 1)) > 0.99
+
+
+def test_categorical_frequencies_follow_softmax_over_a_wide_vocabulary():
+    vocab = 5000
+    logits = np.full((1, vocab), -np.inf, np.float32)
+    support = np.asarray([3, 1023, 1024, 2500, 4999])  # chunk edges and the padded last chunk
+    logits[0, support] = [0.5, -1.0, 1.2, 0.0, 0.3]
+    n = 40_000
+    draws = categorical(jax.random.split(jax.random.key(0), n), jnp.repeat(jnp.asarray(logits), n, axis=0))
+    observed = np.bincount(np.asarray(draws), minlength=vocab) / n
+    expected = np.asarray(jax.nn.softmax(jnp.asarray(logits[0])))
+    assert observed[expected == 0].sum() == 0
+    np.testing.assert_array_less(np.abs(observed - expected), 4.5 * np.sqrt(expected * (1 - expected) / n) + 1e-9)
 
 
 def test_sampled_frequencies_follow_the_filtered_distribution():
