@@ -88,11 +88,7 @@ class DraftHead:
             return q
         return jnp.zeros((*q.shape[:-1], self.target_vocab_size), q.dtype).at[..., self.draft_to_target].set(q)
 
-    def target_log_probs(self, target_logits_full: jax.Array) -> jax.Array:
-        """float32[..., Vd]: the target's log-probabilities (normalised over its whole vocabulary) of the
-        draft tokens, from its full logits [..., V]."""
-        log_probs = jax.nn.log_softmax(target_logits_full.astype(jnp.float32), axis=-1)
-        if self.size == self.target_vocab_size:
-            return log_probs
-        return jnp.take(log_probs, self.draft_to_target, axis=-1)
-
+    def target_log_probs(self, hidden: jax.Array, log_normalizer: jax.Array) -> jax.Array:
+        """float32[..., Vd]: the target's log-probabilities of the draft tokens, normalised over its whole
+        vocabulary, from final normed hidden states [..., E] and the logsumexp of its full logits [...]."""
+        return self.logits(hidden) - log_normalizer[..., None]

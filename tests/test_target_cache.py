@@ -1,4 +1,5 @@
-"""Target cache: exact bfloat16 round trip, no half shard after a kill, training from it works."""
+"""Target cache: exact bfloat16 round trip, no half shard after a kill, training from it works and takes the
+same step as online training."""
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,19 @@ from tiny_models import tiny_config
 
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.eagle3 import Eagle3Drafter
 from dspark_jax.models.params import init_params
-from dspark_jax.train import target_cache
-from dspark_jax.train.drafter_step import TrainConfig, make_optimizer, target_features, train_step_cached
+from dspark_jax.models.transformer import logits
+from dspark_jax.train import drafter_step, target_cache
+from dspark_jax.train.blocks import predicts_loss_token
+from dspark_jax.train.drafter_step import (
+    TrainConfig,
+    make_optimizer,
+    target_features,
+    target_statistics,
+    train_step,
+    train_step_cached,
+)
 from dspark_jax.train.target_cache import CachedShard, estimate_bytes, write_cache
 
 CONFIG = tiny_config("gemma3")
@@ -26,11 +37,19 @@ def test_round_trip_is_exact_in_bfloat16(tmp_path):
     assert [s.name for s in shards] == ["shard-00000", "shard-00001", "shard-00002"]
     features, hidden = target_features(CONFIG, PARAMS, jnp.asarray(TOKENS), LAYERS)
     rows = np.array([3, 1])
-    tokens, mask, cached_features, cached_hidden = CachedShard(shards[1]).batch(rows)
+    tokens, mask, cached_features, cached_hidden, statistics = CachedShard(shards[1]).batch(rows)
     np.testing.assert_array_equal(tokens, TOKENS[4 + rows])
     np.testing.assert_array_equal(mask, LOSS_MASK[4 + rows])
     np.testing.assert_array_equal(cached_features, np.asarray(features[:, 4 + rows].astype(jnp.bfloat16)))
     np.testing.assert_array_equal(cached_hidden, np.asarray(hidden[4 + rows].astype(jnp.bfloat16)))
+    full = np.asarray(logits(PARAMS, hidden[4 + rows], config=CONFIG), np.float64)  # from float32, not bfloat16
+    top = full.max(-1)
+    needed = np.zeros_like(mask)
+    needed[:, :-1] = mask[:, 1:]  # where a valid slot takes its target
+    np.testing.assert_allclose(statistics.log_normalizer[needed],
+                               (top + np.log(np.exp(full - top[..., None]).sum(-1)))[needed], rtol=1e-5)
+    np.testing.assert_array_equal(statistics.greedy[needed], full.argmax(-1)[needed])
+    assert np.all(statistics.log_normalizer[~needed] == np.inf) and np.all(statistics.greedy[~needed] == -1)
     on_disk = sum(f.stat().st_size for s in shards for f in s.iterdir())
     estimate = estimate_bytes(len(TOKENS), TOKENS.shape[1], len(LAYERS), CONFIG.hidden_size)
     assert 0.9 < estimate / on_disk < 1.1
@@ -65,8 +84,55 @@ def test_training_from_the_cache_lowers_the_loss(tmp_path):
     optimizer = make_optimizer(model, train)
     losses = []
     for step in range(train.total_steps):
-        tokens, mask, features, hidden = shard.batch(np.arange(10))
-        metrics = train_step_cached(model, optimizer, CONFIG, PARAMS, tokens, mask, features, hidden,
+        tokens, mask, features, hidden, statistics = shard.batch(np.arange(10))
+        metrics = train_step_cached(model, optimizer, CONFIG, PARAMS, tokens, mask, features, hidden, statistics,
                                     jax.random.key(step), train)
         losses.append(float(metrics["loss"]))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
+def test_statistics_are_computed_chunk_by_chunk_where_needed(monkeypatch):
+    monkeypatch.setattr(drafter_step, "STATISTICS_ROWS", 7)  # 10 x 16 positions: 23 chunks, the last one padded
+    _, hidden = target_features(CONFIG, PARAMS, jnp.asarray(TOKENS), LAYERS)
+    full = logits(PARAMS, hidden, config=CONFIG)
+    everywhere = target_statistics(CONFIG, PARAMS, hidden)
+    np.testing.assert_allclose(everywhere.log_normalizer, jax.nn.logsumexp(full, axis=-1), rtol=1e-6)
+    np.testing.assert_array_equal(everywhere.greedy, jnp.argmax(full, axis=-1))
+    needed = np.zeros(TOKENS.shape, bool)
+    needed[2, 5:9] = needed[7, 15] = True  # inside one chunk, across two, and the last position of a row
+    some = target_statistics(CONFIG, PARAMS, hidden, jnp.asarray(needed))
+    np.testing.assert_array_equal(some.log_normalizer[needed], everywhere.log_normalizer[needed])
+    np.testing.assert_array_equal(some.greedy[needed], everywhere.greedy[needed])
+    assert np.all(np.asarray(some.log_normalizer)[~needed] == np.inf) and np.all(np.asarray(some.greedy)[~needed] == -1)
+
+
+def _drafter(kind: str, vocab: np.ndarray):
+    config = DrafterConfig.for_target(CONFIG, num_layers=1, block_size=3, target_layers=LAYERS)
+    if kind == "eagle3":
+        return Eagle3Drafter(config, vocab, rngs=nnx.Rngs(0))
+    return BlockDrafter(config, vocab, 8 if kind == "dspark" else None, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("kind", ["dflash", "dspark", "eagle3"])
+def test_cached_step_is_the_online_step(kind):
+    vocab = np.sort(np.random.default_rng(0).choice(CONFIG.vocab_size, CONFIG.vocab_size // 2, replace=False))
+    train = TrainConfig(learning_rate=3e-3, warmup_steps=2, total_steps=10, anchors_per_sequence=4)
+    models = [_drafter(kind, vocab) for _ in range(2)]
+    optimizers = [make_optimizer(m, train) for m in models]
+    tokens, mask = jnp.asarray(TOKENS), jnp.asarray(LOSS_MASK)
+    features, hidden = target_features(CONFIG, PARAMS, tokens, LAYERS)
+    for step in range(3):
+        key = jax.random.key(step)
+        online = train_step(models[0], optimizers[0], CONFIG, PARAMS, tokens, mask, key, train)
+        cached = train_step_cached(models[1], optimizers[1], CONFIG, PARAMS, tokens, mask, features, hidden,
+                                   target_statistics(CONFIG, PARAMS, hidden, predicts_loss_token(mask)), key, train)
+        assert online.keys() == cached.keys()
+        for name in online:
+            np.testing.assert_allclose(cached[name], online[name], rtol=2e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_cache_without_statistics_is_refused(tmp_path):
+    shard = write_cache(CONFIG, PARAMS, LAYERS, TOKENS, LOSS_MASK, tmp_path, shard_size=10)[0]
+    (shard / "log_normalizer.npy").unlink()
+    with pytest.raises(ValueError, match="older prepare-cache.*rerun `dspark-jax prepare-cache`"):
+        CachedShard(shard)

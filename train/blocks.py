@@ -27,11 +27,17 @@ class Blocks:
     context_visible: jax.Array  # bool[B, N, T]: context positions < anchor
 
 
+def predicts_loss_token(loss_mask: jax.Array) -> jax.Array:
+    """bool[B, T]: positions whose next token is in the loss mask [B, T]: the anchors a block may start at,
+    and the only source positions of valid slots."""
+    return jnp.zeros_like(loss_mask, dtype=bool).at[:, :-1].set(loss_mask[:, 1:].astype(bool))
+
+
 def sample_anchors(key: jax.Array, loss_mask: jax.Array, num_anchors: int) -> jax.Array:
     """int32[B, N]: anchors drawn uniformly (with replacement) among positions a whose next token is in
     the loss mask; rows with none fall back to position 0 and yield only invalid slots."""
     batch, length = loss_mask.shape
-    eligible = jnp.zeros_like(loss_mask, dtype=bool).at[:, :-1].set(loss_mask[:, 1:].astype(bool))
+    eligible = predicts_loss_token(loss_mask)
     logits = jnp.where(eligible, 0.0, -jnp.inf)
     first_only = jnp.where(jnp.arange(length) == 0, 0.0, -jnp.inf)
     logits = jnp.where(jnp.any(eligible, axis=1, keepdims=True), logits, first_only)

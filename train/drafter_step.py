@@ -1,13 +1,21 @@
-"""One training step of a block drafter (DFlash, or DSpark with its heads), target features online.
+"""One training step of a drafter (DFlash, DSpark with its heads, or EAGLE-3), target features online.
 
-The frozen target runs first (no gradient) and yields the K fused-layer features plus its own logits at
-every position; the drafter is trained on random anchor blocks of the same sequences. With a target cache
-the first half is replaced by reading stored features (same loss).
+The frozen target runs first (no gradient) and yields the K fused-layer features and its final hidden
+states; the drafter is trained on random anchor blocks of the same sequences. With a target cache the first
+half is replaced by reading stored features (same loss).
+
+The losses need the target's log-probabilities of the draft tokens normalised over its whole vocabulary,
+and the agreement metric its argmax. Both come from `TargetStatistics` (log normaliser and greedy token per
+position), so a step forms the target's logits only over the draft vocabulary: with Gemma's 262,144-token
+head, the full logits at a step's 512 block positions cost more than the rest of the step. Online, the
+statistics are computed at the block positions; a target cache stores them for every position, once for
+all the drafters trained from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -58,19 +66,62 @@ def target_features(target: ModelConfig, params: TransformerParams, tokens: jax.
     return jax.lax.stop_gradient(out.captured), jax.lax.stop_gradient(out.hidden)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TargetStatistics:
+    """What training needs from the target's full-vocabulary logits at each position, without them."""
+
+    log_normalizer: jax.Array  # float32[...]: logsumexp of the target's logits over its whole vocabulary
+    greedy: jax.Array  # int32[...]: the target's argmax token
+
+
+STATISTICS_ROWS = 64  # positions per chunk of full-vocabulary logits (64 x 262,144 float32 = 67 MB)
+
+
+def target_statistics(target: ModelConfig, params: TransformerParams, hidden: jax.Array,
+                      needed: jax.Array | None = None) -> TargetStatistics:
+    """Statistics [...] from final normed hidden states [..., E], the full logits formed `STATISTICS_ROWS`
+    positions at a time so a whole batch of sequences fits in memory.
+
+    needed: bool[...], the positions whose statistics are used (None: all). The others hold log normaliser
+    +inf and greedy -1 (probability 0, never the draft's token), and chunks without a needed position are
+    skipped: a target cache needs them only where a valid slot takes its target, about half of a sequence.
+    """
+    leading, size = hidden.shape[:-1], hidden.shape[-1]
+    count = math.prod(leading)
+    pad = -count % STATISTICS_ROWS
+    rows = jnp.pad(hidden.reshape(count, size), ((0, pad), (0, 0))).reshape(-1, STATISTICS_ROWS, size)
+    needed = jnp.ones(leading, bool) if needed is None else needed
+    wanted = jnp.pad(needed.reshape(count), (0, pad)).reshape(-1, STATISTICS_ROWS)
+    unused = TargetStatistics(jnp.full(STATISTICS_ROWS, jnp.inf, jnp.float32), jnp.full(STATISTICS_ROWS, -1, jnp.int32))
+
+    def compute(h: jax.Array, want: jax.Array) -> TargetStatistics:
+        full = logits(params, h, config=target)
+        stats = TargetStatistics(jax.nn.logsumexp(full, axis=-1), argmax(full))
+        return jax.tree.map(lambda value, default: jnp.where(want, value, default), stats, unused)
+
+    def chunk(args) -> TargetStatistics:
+        h, want = args
+        return jax.lax.cond(jnp.any(want), compute, lambda *_: unused, h, want)
+
+    stats = jax.lax.map(chunk, (jax.lax.stop_gradient(rows), wanted))
+    return jax.tree.map(lambda a: a.reshape(-1)[:count].reshape(leading), stats)
+
+
 def drafter_loss(model: Drafter, target: ModelConfig, params: TransformerParams, tokens: jax.Array,
-                 features: jax.Array, final_hidden: jax.Array, blocks: Blocks, train: TrainConfig):
-    """(loss, metrics) for the blocks of one batch of sequences: the DFlash, DSpark or EAGLE-3 objective."""
+                 features: jax.Array, source_hidden: jax.Array, statistics: TargetStatistics, blocks: Blocks,
+                 train: TrainConfig):
+    """(loss, metrics) for the blocks of one batch of sequences: the DFlash, DSpark or EAGLE-3 objective.
+    source_hidden [B, N, γ, E] and statistics [B, N, γ]: the target at each slot's source position."""
     head, loss = DraftHead.from_target(target, params, model.vocab.get_value()), train.loss
-    source_hidden = jnp.take_along_axis(final_hidden[:, None], blocks.source[..., None], axis=2)
-    target_logits = logits(params, source_hidden, config=target)  # [B, N, γ, V]
+    target_log_probs = head.target_log_probs(source_hidden, statistics.log_normalizer)  # [B, N, γ, Vd]
     targets = head.to_draft(blocks.targets)
     targets = jnp.where(targets == head.size, -1, targets)
     flat = lambda a: a.reshape(-1, *a.shape[2:])
     if isinstance(model, Eagle3Drafter):
         step_logits = training_time_test(model, target, params, tokens, features, blocks, head)  # [γ, B, N, Vd]
         steps_first = lambda a: jnp.moveaxis(a, 2, 0)
-        value = eagle3_loss(step_logits, steps_first(head.target_log_probs(target_logits)),
+        value = eagle3_loss(step_logits, steps_first(target_log_probs),
                             steps_first(blocks.valid), train.eagle3_step_decay)
         draft_logits, parts = jnp.moveaxis(step_logits, 0, 2), {"soft_ce": value}
     else:
@@ -84,20 +135,32 @@ def drafter_loss(model: Drafter, target: ModelConfig, params: TransformerParams,
             parts = {"ce": value}
         else:
             draft_logits, confidence = model.heads.teacher_forced(draft_logits, hidden, head.to_draft(blocks.previous))
-            value, parts = dspark_loss(flat(draft_logits), flat(head.target_log_probs(target_logits)),
+            value, parts = dspark_loss(flat(draft_logits), flat(target_log_probs),
                                        flat(confidence), flat(targets), flat(blocks.valid), loss)
-    accepted = head.to_target(argmax(draft_logits)) == argmax(target_logits)
+    accepted = head.to_target(argmax(draft_logits)) == statistics.greedy
     parts["top1_agreement"] = jnp.sum(accepted & blocks.valid) / jnp.maximum(jnp.sum(blocks.valid), 1)
     return value, parts
 
 
+def _at_source(table: jax.Array, source: jax.Array) -> jax.Array:
+    """[B, N, γ, ...] from a per-position table [B, T, ...] at the slots' source positions [B, N, γ]."""
+    index = source.reshape(*source.shape, *([1] * (table.ndim - 2)))
+    return jnp.take_along_axis(table[:, None], index, axis=2)
+
+
 def _update(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
             tokens: jax.Array, loss_mask: jax.Array, features: jax.Array, final_hidden: jax.Array, key: jax.Array,
-            config: TrainConfig) -> dict[str, jax.Array]:
+            config: TrainConfig, statistics: TargetStatistics | None = None) -> dict[str, jax.Array]:
     anchors = sample_anchors(key, loss_mask, config.anchors_per_sequence)
     blocks = make_blocks(tokens, loss_mask, anchors, model.config.block_size, model.config.mask_token_id)
+    source_hidden = _at_source(final_hidden, blocks.source)
+    if statistics is None:  # online: the full-vocabulary head at the blocks' positions only
+        source_statistics = target_statistics(target, params, source_hidden)
+    else:
+        source_statistics = jax.tree.map(lambda table: _at_source(table, blocks.source), statistics)
     grad_fn = nnx.value_and_grad(drafter_loss, has_aux=True)
-    (value, metrics), grads = grad_fn(model, target, params, tokens, features, final_hidden, blocks, config)
+    (value, metrics), grads = grad_fn(model, target, params, tokens, features, source_hidden, source_statistics,
+                                      blocks, config)
     optimizer.update(model, grads)
     return metrics | {"loss": value}
 
@@ -114,8 +177,8 @@ def train_step(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, pa
 @nnx.jit(static_argnames=("target", "config"))
 def train_step_cached(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
                       tokens: jax.Array, loss_mask: jax.Array, features: jax.Array, final_hidden: jax.Array,
-                      key: jax.Array, config: TrainConfig):
-    """Offline mode: the same step with features [K, B, T, E] and final hidden [B, T, E] read from the
-    target cache (bfloat16; computed in float32)."""
+                      statistics: TargetStatistics, key: jax.Array, config: TrainConfig):
+    """Offline mode: the same step with features [K, B, T, E], final hidden [B, T, E] (bfloat16; computed in
+    float32) and the target's statistics [B, T] read from the target cache."""
     return _update(model, optimizer, target, params, tokens, loss_mask, features.astype(jnp.float32),
-                   final_hidden.astype(jnp.float32), key, config)
+                   final_hidden.astype(jnp.float32), key, config, statistics)

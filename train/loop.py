@@ -60,11 +60,11 @@ def cached_steps(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, 
         shard_key, row_key = jax.random.split(batch_key)
         shard = shards[int(jax.random.randint(shard_key, (), 0, len(shards)))]
         rows = np.sort(np.asarray(jax.random.choice(row_key, len(shard), (batch_size,), replace=False)))
-        tokens, loss_mask, features, hidden = shard.batch(rows)
+        tokens, loss_mask, features, hidden, statistics = shard.batch(rows)
         if feature_index is not None:
             features = features[list(feature_index)]
         metrics = train_step_cached(model, optimizer, target, params, tokens, loss_mask, features, hidden,
-                                    anchor_key, train)
+                                    statistics, anchor_key, train)
         return metrics, tokens.size
 
     return step

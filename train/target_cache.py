@@ -1,5 +1,7 @@
 """Offline target cache: per training sequence, the K fused-layer features and the final normed hidden
-state of the frozen target (target logits = its LM head applied to the latter), in bfloat16.
+state of the frozen target (target logits = its LM head applied to the latter), in bfloat16, plus the
+statistics of its full-vocabulary logits (log normaliser, greedy token; float32 / int32) at the positions
+valid slots take their targets from, so training forms the target's logits only over the draft vocabulary.
 
 At DeepSpec scale this is tens of terabytes, so `estimate_bytes` is printed before anything is written.
 Each shard is a directory of .npy files written under a temporary name and renamed into place, so a kill
@@ -19,14 +21,16 @@ import numpy as np
 
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.params import TransformerParams
-from dspark_jax.train.drafter_step import target_features
+from dspark_jax.train.blocks import predicts_loss_token
+from dspark_jax.train.drafter_step import TargetStatistics, target_features, target_statistics
 
 BF16 = ml_dtypes.bfloat16
 
 
 def estimate_bytes(num_sequences: int, length: int, num_features: int, hidden_size: int) -> int:
-    """Disk the cache will take: (K features + final hidden) x E bfloat16 values per token, plus ids/mask."""
-    return num_sequences * length * ((num_features + 1) * hidden_size * 2 + 4 + 1)
+    """Disk the cache will take: (K features + final hidden) x E bfloat16 values per token, plus ids, mask,
+    log normaliser and greedy token."""
+    return num_sequences * length * ((num_features + 1) * hidden_size * 2 + 4 + 1 + 4 + 4)
 
 
 def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[int, ...], tokens: np.ndarray,
@@ -36,7 +40,12 @@ def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[in
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.tmp"):
         shutil.rmtree(stale)
-    features_fn = jax.jit(lambda p, t: target_features(target, p, t, layers))
+
+    @jax.jit
+    def features_fn(p, t, mask):
+        features, hidden = target_features(target, p, t, layers)
+        return features, hidden, target_statistics(target, p, hidden, predicts_loss_token(mask))
+
     shards = []
     for index, start in enumerate(range(0, len(tokens), shard_size)):
         final = out_dir / f"shard-{index:05d}"
@@ -44,17 +53,22 @@ def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[in
         if final.exists():
             continue
         rows = slice(start, start + shard_size)
-        features, hidden = [], []
+        features, hidden, log_normalizer, greedy = [], [], [], []
         for b in range(rows.start, min(rows.stop, len(tokens)), batch_size):
-            f, h = features_fn(params, jnp.asarray(tokens[b : min(b + batch_size, rows.stop)]))
+            batch = slice(b, min(b + batch_size, rows.stop))
+            f, h, stats = features_fn(params, jnp.asarray(tokens[batch]), jnp.asarray(loss_mask[batch]))
             features.append(np.asarray(f.astype(jnp.bfloat16)).swapaxes(0, 1))  # [n, K, T, E]
             hidden.append(np.asarray(h.astype(jnp.bfloat16)))
+            log_normalizer.append(np.asarray(stats.log_normalizer, np.float32))
+            greedy.append(np.asarray(stats.greedy, np.int32))
         partial = out_dir / f"shard-{index:05d}.tmp"
         partial.mkdir()
         np.save(partial / "tokens.npy", np.asarray(tokens[rows], np.int32))
         np.save(partial / "loss_mask.npy", np.asarray(loss_mask[rows], bool))
         np.save(partial / "features.npy", np.concatenate(features).view(np.uint16))
         np.save(partial / "hidden.npy", np.concatenate(hidden).view(np.uint16))
+        np.save(partial / "log_normalizer.npy", np.concatenate(log_normalizer))
+        np.save(partial / "greedy.npy", np.concatenate(greedy))
         partial.rename(final)
     return shards
 
@@ -68,15 +82,22 @@ class CachedShard:
     """One shard, memory-mapped: rows are read from disk only when indexed."""
 
     def __init__(self, directory: Path):
-        load = lambda name: np.load(Path(directory) / f"{name}.npy", mmap_mode="r")
+        directory = Path(directory)
+        if not (directory / "log_normalizer.npy").exists():
+            raise ValueError(f"{directory} has no log_normalizer.npy: it was written by an older prepare-cache; "
+                             "rerun `dspark-jax prepare-cache` into a new --out directory")
+        load = lambda name: np.load(directory / f"{name}.npy", mmap_mode="r")
         self.tokens, self.loss_mask = load("tokens"), load("loss_mask")
         self._features, self._hidden = load("features"), load("hidden")
+        self._log_normalizer, self._greedy = load("log_normalizer"), load("greedy")
 
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(tokens [n, T], loss_mask [n, T], features bf16 [K, n, T, E], final hidden bf16 [n, T, E])."""
+    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, TargetStatistics]:
+        """(tokens [n, T], loss_mask [n, T], features bf16 [K, n, T, E], final hidden bf16 [n, T, E],
+        target statistics [n, T])."""
         features = np.asarray(self._features[rows]).view(BF16).swapaxes(0, 1)
+        statistics = TargetStatistics(np.asarray(self._log_normalizer[rows]), np.asarray(self._greedy[rows]))
         return (np.asarray(self.tokens[rows]), np.asarray(self.loss_mask[rows]), features,
-                np.asarray(self._hidden[rows]).view(BF16))
+                np.asarray(self._hidden[rows]).view(BF16), statistics)
