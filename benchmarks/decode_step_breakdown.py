@@ -4,7 +4,8 @@ that memory bandwidth puts under it.
     .venv/bin/python benchmarks/decode_step_breakdown.py
 
 Batch 1, float32, one new token and a speculative verify pass of 8 tokens against a 256-slot cache holding
-100 tokens, then the greedy pick and greedy acceptance two ways each; best of 10 jitted runs. A batch-1 step
+100 tokens, then the greedy pick and greedy acceptance two ways each, and a sampled draw two ways (1 row and
+prepare-data's 64); best of 10 jitted runs. A batch-1 step
 must read every weight once, so no float32 implementation can beat (weight bytes) / (the
 machine's streaming read bandwidth, measured here by summing a 1 GiB array).
 """
@@ -16,7 +17,7 @@ from timing import best_ms
 from dspark_jax.acceptance import accept, accept_greedy
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.transformer import forward, logits
-from dspark_jax.sampling import SamplingConfig, argmax, probabilities
+from dspark_jax.sampling import SamplingConfig, argmax, categorical, probabilities
 from dspark_jax.target import load_target
 from dspark_jax.tree import TreeTemplate
 
@@ -41,6 +42,7 @@ def main() -> None:
         print(f"| {label}: {config.num_layers} decoder layers | {best_ms(lambda: layers(params, cache, tokens)):.1f} |")
         print(f"| {label}: whole step | {best_ms(lambda: step(params, cache, tokens)):.1f} |")
     greedy_verify(config.vocab_size)
+    sampled_draw(config.vocab_size)
 
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     stream = jnp.ones(2**28, jnp.float32)
@@ -71,6 +73,19 @@ def greedy_verify(vocab_size: int) -> None:
         for name, verify in (("one-hot accept", one_hot_accept), ("accept_greedy", token_accept)):
             verify_ms = best_ms(lambda: verify(scores, tokens))
             print(f"| pick + acceptance, batch {batch} (1x7 chain), {name} | {verify_ms:.2f} |")
+
+
+def sampled_draw(vocab_size: int) -> None:
+    """One draw per row from softmax(logits): Gumbel-max (`jax.random.categorical`) against the inverse CDF
+    of `sampling.categorical`."""
+    draws = (("jax.random.categorical", jax.jit(jax.vmap(jax.random.categorical))),
+             ("sampling.categorical", jax.jit(categorical)))
+    for rows in (1, 64):
+        scores = jax.random.normal(jax.random.key(rows), (rows, vocab_size))
+        keys = jax.random.split(jax.random.key(0), rows)
+        for name, draw in draws:
+            print(f"| sampled draw, {rows} row{'s' if rows > 1 else ''} of {vocab_size} logits, {name} "
+                  f"| {best_ms(lambda: draw(keys, scores)):.2f} |")
 
 
 if __name__ == "__main__":
