@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dspark_jax.sampling import SAMPLE_CHUNK, SamplingConfig, argmax, categorical, probabilities, sample, sample_from
+from dspark_jax.sampling import CHUNK, SamplingConfig, argmax, categorical, probabilities, sample, sample_from
 
 
 def reference_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -66,11 +66,11 @@ def test_sample_from_skips_zero_probability_tokens():
 
 
 def test_sample_from_is_the_inverse_cdf_across_chunks():
-    vocab = 3 * SAMPLE_CHUNK + 100  # whole chunks plus a padded one
+    vocab = 3 * CHUNK + 100  # whole chunks plus a padded one
     weights = np.random.default_rng(5).exponential(size=vocab).astype(np.float32)
     weights[np.random.default_rng(6).random(vocab) < 0.3] = 0.0  # zero runs inside and across chunks
-    weights[:SAMPLE_CHUNK] = 0.0  # whole chunks without mass, the first one included (u = 0 must skip it)
-    weights[2 * SAMPLE_CHUNK : 3 * SAMPLE_CHUNK] = 0.0
+    weights[:CHUNK] = 0.0  # whole chunks without mass, the first one included (u = 0 must skip it)
+    weights[2 * CHUNK : 3 * CHUNK] = 0.0
     uniforms = np.random.default_rng(7).random(512).astype(np.float32)
     uniforms[:2] = [0.0, np.nextafter(np.float32(1), np.float32(0))]
     got = np.asarray(sample_from(jnp.asarray(np.tile(weights, (512, 1))), jnp.asarray(uniforms)))
