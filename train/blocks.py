@@ -27,6 +27,12 @@ class Blocks:
     context_visible: jax.Array  # bool[B, N, T]: context positions < anchor
 
 
+def at_positions(table: jax.Array, positions: jax.Array) -> jax.Array:
+    """[B, N, γ, ...] from a per-position table [B, T, ...] at positions int[B, N, γ] (inside [0, T))."""
+    index = positions.reshape(*positions.shape, *([1] * (table.ndim - 2)))
+    return jnp.take_along_axis(table[:, None], index, axis=2)
+
+
 def predicts_loss_token(loss_mask: jax.Array) -> jax.Array:
     """bool[B, T]: positions whose next token is in the loss mask [B, T]: the anchors a block may start at,
     and the only source positions of valid slots."""
@@ -50,7 +56,7 @@ def make_blocks(tokens: jax.Array, loss_mask: jax.Array, anchors: jax.Array, blo
     batch, length = tokens.shape
     offsets = jnp.arange(block_size, dtype=jnp.int32)
     positions = anchors[..., None] + offsets  # [B, N, γ]
-    take = lambda table, index: jnp.take_along_axis(table[:, None, :], jnp.clip(index, 0, length - 1), axis=2)
+    take = lambda table, index: at_positions(table, jnp.clip(index, 0, length - 1))
     target_index = positions + 1
     valid = (target_index < length) & take(loss_mask, target_index).astype(bool)
     inputs = jnp.where(offsets == 0, take(tokens, anchors[..., None]), mask_token_id)

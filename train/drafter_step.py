@@ -30,7 +30,7 @@ from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import embed, forward, logits
 from dspark_jax.sampling import argmax
-from dspark_jax.train.blocks import Blocks, make_blocks, sample_anchors
+from dspark_jax.train.blocks import Blocks, at_positions, make_blocks, sample_anchors
 from dspark_jax.train.dflash_loss import dflash_loss
 from dspark_jax.train.dspark_loss import DSparkLossWeights, dspark_loss
 from dspark_jax.train.eagle3_loss import eagle3_loss
@@ -142,22 +142,16 @@ def drafter_loss(model: Drafter, target: ModelConfig, params: TransformerParams,
     return value, parts
 
 
-def _at_source(table: jax.Array, source: jax.Array) -> jax.Array:
-    """[B, N, γ, ...] from a per-position table [B, T, ...] at the slots' source positions [B, N, γ]."""
-    index = source.reshape(*source.shape, *([1] * (table.ndim - 2)))
-    return jnp.take_along_axis(table[:, None], index, axis=2)
-
-
 def _update(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
             tokens: jax.Array, loss_mask: jax.Array, features: jax.Array, final_hidden: jax.Array, key: jax.Array,
             config: TrainConfig, statistics: TargetStatistics | None = None) -> dict[str, jax.Array]:
     anchors = sample_anchors(key, loss_mask, config.anchors_per_sequence)
     blocks = make_blocks(tokens, loss_mask, anchors, model.config.block_size, model.config.mask_token_id)
-    source_hidden = _at_source(final_hidden, blocks.source)
+    source_hidden = at_positions(final_hidden, blocks.source)
     if statistics is None:  # online: the full-vocabulary head at the blocks' positions only
         source_statistics = target_statistics(target, params, source_hidden)
     else:
-        source_statistics = jax.tree.map(lambda table: _at_source(table, blocks.source), statistics)
+        source_statistics = jax.tree.map(lambda table: at_positions(table, blocks.source), statistics)
     grad_fn = nnx.value_and_grad(drafter_loss, has_aux=True)
     (value, metrics), grads = grad_fn(model, target, params, tokens, features, source_hidden, source_statistics,
                                       blocks, config)
