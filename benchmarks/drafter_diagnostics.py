@@ -1,12 +1,20 @@
-"""Why the shipped drafters learn slowly: Gemma 3 270M's scales, and a drafter's per-position agreement.
+"""Does a drafter use the target's features? Per-position agreement on training and on unseen text.
 
-    .venv/bin/python benchmarks/drafter_diagnostics.py --data runs/data [--drafter dspark]
+    .venv/bin/python benchmarks/drafter_diagnostics.py --data data/sharegpt-gemma3-270m [--drafter dspark]
 
-Prints (1) the target's final-norm multipliers, (2) RMS and mean max |x| of the fused target layers'
-outputs over two training sequences, (3) the drafter's top-1 agreement with the target per block position,
-teacher-forced on 32 random anchors in each of four training sequences (the training computation, so it
-can be compared with the accept rates `dspark-jax eval` measures at inference), (4) how much the training
-data holds: response tokens, distinct ones, and how many draft-vocabulary tokens never occur in it.
+Prints
+(1) the target's final-norm multipliers, and for each fused target layer the RMS and mean max |x| of its
+    outputs, the share of their energy in the 5 largest dimensions and the mean cosine between positions
+    (how much of the feature is a direction every position shares);
+(2) how much the training data holds: response tokens, distinct ones, draft tokens never seen in it;
+(3) the drafter's top-1 agreement with the target per block position, teacher-forced (the training
+    computation) on
+    - 32 random anchors in each of four training sequences,
+    - every anchor of the target's own greedy answers to unseen prompts (the first 2 of gsm8k, mt-bench and
+      humaneval): at T = 0 this is what `dspark-jax eval` measures as accept rates, without the engine,
+    - the same unseen answers with every target feature replaced by its mean over the batch: what the
+      drafter predicts from the tokens alone. Agreement equal to the line above means the drafter draws
+      nothing from the target's hidden states on unseen text.
 Results: docs/results.md.
 """
 
@@ -18,52 +26,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from dspark_jax.drafters import shipped_drafter
+from dspark_jax.evaluation import load_tasks
+from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.models.draft_vocab import DraftHead
 from dspark_jax.models.drafter_checkpoint import import_drafter
 from dspark_jax.models.drafters import KINDS
 from dspark_jax.models.eagle3 import Eagle3Drafter
 from dspark_jax.models.transformer import embed, logits
-from dspark_jax.target import load_target
+from dspark_jax.target import Target, load_target
 from dspark_jax.train.blocks import make_blocks, sample_anchors
 from dspark_jax.train.drafter_step import target_features
 from dspark_jax.train.eagle3_ttt import training_time_test
 from dspark_jax.train.regenerate import load_sequences
 
 LENGTH = 384
+UNSEEN_TASKS, UNSEEN_PROMPTS, ANSWER_TOKENS = ("gsm8k", "mt-bench", "humaneval"), 2, 64
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
-    parser.add_argument("--drafter", default="dspark", help="shipped kind or exported drafter directory")
-    args = parser.parse_args()
-    target = load_target()
-    scale = np.asarray(target.params.final_norm)
-    print(f"final-norm multipliers: mean {scale.mean():.1f}, max {scale.max():.1f}")
-
-    directory = shipped_drafter(args.drafter) if args.drafter in KINDS else Path(args.drafter)
-    model = import_drafter(directory, target.config, target.params)
-    all_tokens, all_mask = load_sequences(sorted(args.data.glob("sequences-*.npz")), LENGTH)
-    responses = all_tokens[all_mask.astype(bool)]
-    unseen = np.setdiff1d(np.asarray(model.vocab.get_value()), responses).size
-    print(f"training data: {len(all_tokens)} sequences, {responses.size} response tokens, "
-          f"{np.unique(responses).size} distinct; {unseen} of the {model.vocab.get_value().shape[0]} draft "
-          "tokens never occur in a response")
-    tokens, loss_mask = jnp.asarray(all_tokens[:4]), jnp.asarray(all_mask[:4])
+def agreement_by_position(target: Target, model, tokens: jax.Array, loss_mask: jax.Array, anchors: jax.Array,
+                          ablate_features: bool = False) -> np.ndarray:
+    """float[γ]: teacher-forced top-1 agreement with the target at each block position.
+    tokens, loss_mask: [B, T]; anchors: int32[B, N]."""
     layers = model.config.target_layers
     features, final_hidden = target_features(target.config, target.params, tokens, layers)
-    for layer, f in zip(layers, np.asarray(features[:, :2])):
-        rms = np.sqrt((f**2).mean(-1))
-        print(f"layer {layer:2d} output: RMS {rms.mean():7.1f}, mean max |x| {np.abs(f).max(-1).mean():8.1f}")
-
-    blocks = make_blocks(tokens, loss_mask, sample_anchors(jax.random.key(0), loss_mask, 32),
-                         model.config.block_size, model.config.mask_token_id)
+    if ablate_features:
+        features = jnp.broadcast_to(features.mean(axis=(1, 2), keepdims=True), features.shape)
+    blocks = make_blocks(tokens, loss_mask, anchors, model.config.block_size, model.config.mask_token_id)
     head = DraftHead.from_target(target.config, target.params, model.vocab.get_value())
     if isinstance(model, Eagle3Drafter):
         draft_logits = jnp.moveaxis(training_time_test(model, target.config, target.params, tokens, features,
                                                        blocks, head), 0, 2)
     else:
-        positions = jnp.broadcast_to(jnp.arange(LENGTH), tokens.shape)
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         hidden = model.backbone(embed(target.params, blocks.inputs, config=target.config), blocks.positions,
                                 model.backbone.context(features, positions), blocks.context_visible)
         draft_logits = head.logits(hidden)
@@ -72,8 +66,66 @@ def main() -> None:
     source = jnp.take_along_axis(final_hidden[:, None], blocks.source[..., None], axis=2)
     agree = (head.to_target(draft_logits.argmax(-1)) == logits(target.params, source, config=target.config).argmax(-1))
     agree = agree & blocks.valid
-    per_position = np.asarray(agree.sum((0, 1)) / jnp.maximum(blocks.valid.sum((0, 1)), 1))
-    print("top-1 agreement by block position:", " ".join(f"{a:.2f}" for a in per_position))
+    return np.asarray(agree.sum((0, 1)) / jnp.maximum(blocks.valid.sum((0, 1)), 1))
+
+
+def greedy_answers(target: Target) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(tokens [B, T], loss_mask [B, T], anchors [B, N]): the target's greedy answers to unseen prompts, with
+    every answer position whose next token is also in the answer as an anchor."""
+    tokenizer = target.tokenizer
+    prompts = [tokenizer.encode(tokenizer.chat_prompt(p))
+               for task in load_tasks(list(UNSEEN_TASKS), limit=UNSEEN_PROMPTS) for p in task.prompts]
+    answers = generate(target.params, target.config, prompts, GenerationConfig(max_new_tokens=ANSWER_TOKENS))
+    width = max(len(p) + len(a) for p, a in zip(prompts, answers))
+    tokens, loss_mask = np.zeros((len(prompts), width), np.int32), np.zeros((len(prompts), width), np.int32)
+    anchors = np.zeros((len(prompts), ANSWER_TOKENS - 1), np.int32)
+    for row, (prompt, answer) in enumerate(zip(prompts, answers)):
+        tokens[row, : len(prompt) + len(answer)] = prompt + answer
+        loss_mask[row, len(prompt): len(prompt) + len(answer)] = 1
+        # an anchor past a short answer's end gets no valid slot (make_blocks masks it)
+        anchors[row] = len(prompt) - 1 + np.arange(ANSWER_TOKENS - 1)
+    return jnp.asarray(tokens), jnp.asarray(loss_mask), jnp.asarray(anchors)
+
+
+def print_feature_scales(target: Target, layers: tuple[int, ...], tokens: jax.Array) -> None:
+    scale = np.asarray(target.params.final_norm)
+    print(f"final-norm multipliers: mean {scale.mean():.1f}, max {scale.max():.1f}")
+    features, _ = target_features(target.config, target.params, tokens, layers)
+    for layer, f in zip(layers, np.asarray(features[:, 0], np.float32)):
+        energy = np.sort((f**2).mean(0))[::-1]
+        unit = f / np.linalg.norm(f, axis=-1, keepdims=True)
+        cosine = (unit @ unit.T)[np.triu_indices(len(f), 1)].mean()
+        print(f"layer {layer:2d} output: RMS {np.sqrt((f**2).mean(-1)).mean():7.1f}, mean max |x| "
+              f"{np.abs(f).max(-1).mean():8.1f}, 5 largest dims hold {energy[:5].sum() / energy.sum():.2f} of "
+              f"the energy, mean cosine between positions {cosine:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
+    parser.add_argument("--drafter", default="dspark", help="shipped kind or exported drafter directory")
+    args = parser.parse_args()
+    target = load_target()
+    directory = shipped_drafter(args.drafter) if args.drafter in KINDS else Path(args.drafter)
+    model = import_drafter(directory, target.config, target.params)
+    all_tokens, all_mask = load_sequences(sorted(args.data.glob("sequences-*.npz")), LENGTH)
+    tokens, loss_mask = jnp.asarray(all_tokens[:4]), jnp.asarray(all_mask[:4])
+    print_feature_scales(target, model.config.target_layers, tokens[:1])
+
+    responses = all_tokens[all_mask.astype(bool)]
+    unseen = np.setdiff1d(np.asarray(model.vocab.get_value()), responses).size
+    print(f"training data: {len(all_tokens)} sequences, {responses.size} response tokens, "
+          f"{np.unique(responses).size} distinct; {unseen} of the {model.vocab.get_value().shape[0]} draft "
+          "tokens never occur in a response")
+
+    show = lambda name, rates: print(f"top-1 agreement by block position, {name}:",
+                                     " ".join(f"{r:.2f}" for r in rates))
+    show("training sequences", agreement_by_position(target, model, tokens, loss_mask,
+                                                      sample_anchors(jax.random.key(0), loss_mask, 32)))
+    answers = greedy_answers(target)
+    show("unseen greedy answers", agreement_by_position(target, model, *answers))
+    show("unseen greedy answers, features ablated", agreement_by_position(target, model, *answers,
+                                                                         ablate_features=True))
 
 
 if __name__ == "__main__":
