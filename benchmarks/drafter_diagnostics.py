@@ -31,12 +31,10 @@ from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.models.draft_vocab import DraftHead
 from dspark_jax.models.drafter_checkpoint import import_drafter
 from dspark_jax.models.drafters import KINDS
-from dspark_jax.models.eagle3 import Eagle3Drafter
-from dspark_jax.models.transformer import embed, logits
+from dspark_jax.models.transformer import logits
 from dspark_jax.target import Target, load_target
-from dspark_jax.train.blocks import make_blocks, sample_anchors
-from dspark_jax.train.drafter_step import target_features
-from dspark_jax.train.eagle3_ttt import training_time_test
+from dspark_jax.train.blocks import at_positions, make_blocks, sample_anchors
+from dspark_jax.train.drafter_step import target_features, teacher_forced_logits
 from dspark_jax.train.regenerate import load_sequences
 
 LENGTH = 384
@@ -44,26 +42,14 @@ UNSEEN_TASKS, UNSEEN_PROMPTS, ANSWER_TOKENS = ("gsm8k", "mt-bench", "humaneval")
 
 
 def agreement_by_position(target: Target, model, tokens: jax.Array, loss_mask: jax.Array, anchors: jax.Array,
-                          ablate_features: bool = False) -> np.ndarray:
+                          features: jax.Array, final_hidden: jax.Array) -> np.ndarray:
     """float[γ]: teacher-forced top-1 agreement with the target at each block position.
-    tokens, loss_mask: [B, T]; anchors: int32[B, N]."""
-    layers = model.config.target_layers
-    features, final_hidden = target_features(target.config, target.params, tokens, layers)
-    if ablate_features:
-        features = jnp.broadcast_to(features.mean(axis=(1, 2), keepdims=True), features.shape)
+    tokens, loss_mask: [B, T]; anchors: int32[B, N]; features [K, B, T, E] and final_hidden [B, T, E] from
+    `target_features` (features may be ablated)."""
     blocks = make_blocks(tokens, loss_mask, anchors, model.config.block_size, model.config.mask_token_id)
     head = DraftHead.from_target(target.config, target.params, model.vocab.get_value())
-    if isinstance(model, Eagle3Drafter):
-        draft_logits = jnp.moveaxis(training_time_test(model, target.config, target.params, tokens, features,
-                                                       blocks, head), 0, 2)
-    else:
-        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        hidden = model.backbone(embed(target.params, blocks.inputs, config=target.config), blocks.positions,
-                                model.backbone.context(features, positions), blocks.context_visible)
-        draft_logits = head.logits(hidden)
-        if model.heads is not None:
-            draft_logits, _ = model.heads.teacher_forced(draft_logits, hidden, head.to_draft(blocks.previous))
-    source = jnp.take_along_axis(final_hidden[:, None], blocks.source[..., None], axis=2)
+    draft_logits, _ = teacher_forced_logits(model, target.config, target.params, tokens, features, blocks, head)
+    source = at_positions(final_hidden, blocks.source)
     agree = (head.to_target(draft_logits.argmax(-1)) == logits(target.params, source, config=target.config).argmax(-1))
     agree = agree & blocks.valid
     return np.asarray(agree.sum((0, 1)) / jnp.maximum(blocks.valid.sum((0, 1)), 1))
@@ -87,11 +73,11 @@ def greedy_answers(target: Target) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jnp.asarray(tokens), jnp.asarray(loss_mask), jnp.asarray(anchors)
 
 
-def print_feature_scales(target: Target, layers: tuple[int, ...], tokens: jax.Array) -> None:
+def print_feature_scales(target: Target, layers: tuple[int, ...], features: jax.Array) -> None:
+    """features: [K, T, E] of one sequence."""
     scale = np.asarray(target.params.final_norm)
     print(f"final-norm multipliers: mean {scale.mean():.1f}, max {scale.max():.1f}")
-    features, _ = target_features(target.config, target.params, tokens, layers)
-    for layer, f in zip(layers, np.asarray(features[:, 0], np.float32)):
+    for layer, f in zip(layers, np.asarray(features, np.float32)):
         energy = np.sort((f**2).mean(0))[::-1]
         unit = f / np.linalg.norm(f, axis=-1, keepdims=True)
         cosine = (unit @ unit.T)[np.triu_indices(len(f), 1)].mean()
@@ -110,7 +96,9 @@ def main() -> None:
     model = import_drafter(directory, target.config, target.params)
     all_tokens, all_mask = load_sequences(sorted(args.data.glob("sequences-*.npz")), LENGTH)
     tokens, loss_mask = jnp.asarray(all_tokens[:4]), jnp.asarray(all_mask[:4])
-    print_feature_scales(target, model.config.target_layers, tokens[:1])
+    layers = model.config.target_layers
+    features, final_hidden = target_features(target.config, target.params, tokens, layers)
+    print_feature_scales(target, layers, features[:, 0])
 
     responses = all_tokens[all_mask.astype(bool)]
     unseen = np.setdiff1d(np.asarray(model.vocab.get_value()), responses).size
@@ -121,12 +109,14 @@ def main() -> None:
     show = lambda name, rates: print(f"top-1 agreement by block position, {name}:",
                                      " ".join(f"{r:.2f}" for r in rates))
     show("training sequences", agreement_by_position(target, model, tokens, loss_mask,
-                                                      sample_anchors(jax.random.key(0), loss_mask, 32)))
+                                                      sample_anchors(jax.random.key(0), loss_mask, 32),
+                                                      features, final_hidden))
     answers = greedy_answers(target)
-    show("unseen greedy answers", agreement_by_position(target, model, *answers))
-    show("unseen greedy answers, features ablated", agreement_by_position(target, model, *answers,
-                                                                         ablate_features=True))
-
+    features, final_hidden = target_features(target.config, target.params, answers[0], layers)
+    show("unseen greedy answers", agreement_by_position(target, model, *answers, features, final_hidden))
+    ablated = jnp.broadcast_to(features.mean(axis=(1, 2), keepdims=True), features.shape)
+    show("unseen greedy answers, features ablated",
+         agreement_by_position(target, model, *answers, ablated, final_hidden))
 
 if __name__ == "__main__":
     main()

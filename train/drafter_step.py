@@ -108,6 +108,23 @@ def target_statistics(target: ModelConfig, params: TransformerParams, hidden: ja
     return jax.tree.map(lambda a: a.reshape(-1)[:count].reshape(leading), stats)
 
 
+def teacher_forced_logits(model: Drafter, target: ModelConfig, params: TransformerParams, tokens: jax.Array,
+                          features: jax.Array, blocks: Blocks, head: DraftHead) -> tuple[jax.Array, jax.Array | None]:
+    """(draft logits float32[B, N, γ, Vd], DSpark confidences [B, N, γ] or None): what the drafter predicts at
+    every block slot, fed the data tokens (EAGLE-3 unrolls its training-time test). tokens: [B, T]."""
+    if isinstance(model, Eagle3Drafter):
+        step_logits = training_time_test(model, target, params, tokens, features, blocks, head)  # [γ, B, N, Vd]
+        return jnp.moveaxis(step_logits, 0, 2), None
+    batch, length = tokens.shape
+    context = model.backbone.context(features, jnp.broadcast_to(jnp.arange(length), (batch, length)))
+    hidden = model.backbone(embed(params, blocks.inputs, config=target), blocks.positions, context,
+                            blocks.context_visible)  # [B, N, γ, E]
+    draft_logits = head.logits(hidden)
+    if model.heads is None:
+        return draft_logits, None
+    return model.heads.teacher_forced(draft_logits, hidden, head.to_draft(blocks.previous))
+
+
 def drafter_loss(model: Drafter, target: ModelConfig, params: TransformerParams, tokens: jax.Array,
                  features: jax.Array, source_hidden: jax.Array, statistics: TargetStatistics, blocks: Blocks,
                  train: TrainConfig):
@@ -118,25 +135,18 @@ def drafter_loss(model: Drafter, target: ModelConfig, params: TransformerParams,
     targets = head.to_draft(blocks.targets)
     targets = jnp.where(targets == head.size, -1, targets)
     flat = lambda a: a.reshape(-1, *a.shape[2:])
+    draft_logits, confidence = teacher_forced_logits(model, target, params, tokens, features, blocks, head)
     if isinstance(model, Eagle3Drafter):
-        step_logits = training_time_test(model, target, params, tokens, features, blocks, head)  # [γ, B, N, Vd]
         steps_first = lambda a: jnp.moveaxis(a, 2, 0)
-        value = eagle3_loss(step_logits, steps_first(target_log_probs),
+        value = eagle3_loss(steps_first(draft_logits), steps_first(target_log_probs),
                             steps_first(blocks.valid), train.eagle3_step_decay)
-        draft_logits, parts = jnp.moveaxis(step_logits, 0, 2), {"soft_ce": value}
+        parts = {"soft_ce": value}
+    elif model.heads is None:
+        value = dflash_loss(flat(draft_logits), flat(targets), flat(blocks.valid), loss.decay)
+        parts = {"ce": value}
     else:
-        batch, length = tokens.shape
-        context = model.backbone.context(features, jnp.broadcast_to(jnp.arange(length), (batch, length)))
-        hidden = model.backbone(embed(params, blocks.inputs, config=target), blocks.positions, context,
-                                blocks.context_visible)  # [B, N, γ, E]
-        draft_logits = head.logits(hidden)
-        if model.heads is None:
-            value = dflash_loss(flat(draft_logits), flat(targets), flat(blocks.valid), loss.decay)
-            parts = {"ce": value}
-        else:
-            draft_logits, confidence = model.heads.teacher_forced(draft_logits, hidden, head.to_draft(blocks.previous))
-            value, parts = dspark_loss(flat(draft_logits), flat(target_log_probs),
-                                       flat(confidence), flat(targets), flat(blocks.valid), loss)
+        value, parts = dspark_loss(flat(draft_logits), flat(target_log_probs),
+                                   flat(confidence), flat(targets), flat(blocks.valid), loss)
     accepted = head.to_target(argmax(draft_logits)) == statistics.greedy
     parts["top1_agreement"] = jnp.sum(accepted & blocks.valid) / jnp.maximum(jnp.sum(blocks.valid), 1)
     return value, parts
