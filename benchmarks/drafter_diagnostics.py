@@ -1,6 +1,7 @@
 """Does a drafter use the target's features? Per-position agreement on training and on unseen text.
 
     .venv/bin/python benchmarks/drafter_diagnostics.py --data data/sharegpt-gemma3-270m [--drafter dspark]
+        [--max-sequences N] [--unseen-prompts 2] [--answer-tokens 64]
 
 Prints
 (1) the target's final-norm multipliers, and for each fused target layer the RMS and mean max |x| of its
@@ -10,8 +11,9 @@ Prints
 (3) the drafter's top-1 agreement with the target per block position, teacher-forced (the training
     computation) on
     - 32 random anchors in each of four training sequences,
-    - every anchor of the target's own greedy answers to unseen prompts (the first 2 of gsm8k, mt-bench and
-      humaneval): at T = 0 this is what `dspark-jax eval` measures as accept rates, without the engine,
+    - every anchor of the target's own greedy answers (--answer-tokens long) to unseen prompts (the first
+      --unseen-prompts of gsm8k, mt-bench and humaneval): at T = 0 this is what `dspark-jax eval` measures
+      as accept rates, without the engine,
     - the same unseen answers with every target feature replaced by its mean over the batch: what the
       drafter predicts from the tokens alone. Agreement equal to the line above means the drafter draws
       nothing from the target's hidden states on unseen text.
@@ -38,7 +40,7 @@ from dspark_jax.train.drafter_step import target_features, teacher_forced_logits
 from dspark_jax.train.regenerate import load_sequences
 
 LENGTH = 384
-UNSEEN_TASKS, UNSEEN_PROMPTS, ANSWER_TOKENS = ("gsm8k", "mt-bench", "humaneval"), 2, 64
+UNSEEN_TASKS = ("gsm8k", "mt-bench", "humaneval")
 
 
 def agreement_by_position(target: Target, model, tokens: jax.Array, loss_mask: jax.Array, anchors: jax.Array,
@@ -55,21 +57,22 @@ def agreement_by_position(target: Target, model, tokens: jax.Array, loss_mask: j
     return np.asarray(agree.sum((0, 1)) / jnp.maximum(blocks.valid.sum((0, 1)), 1))
 
 
-def greedy_answers(target: Target) -> tuple[jax.Array, jax.Array, jax.Array]:
+def greedy_answers(target: Target, prompts_per_task: int, answer_tokens: int
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(tokens [B, T], loss_mask [B, T], anchors [B, N]): the target's greedy answers to unseen prompts, with
     every answer position whose next token is also in the answer as an anchor."""
     tokenizer = target.tokenizer
     prompts = [tokenizer.encode(tokenizer.chat_prompt(p))
-               for task in load_tasks(list(UNSEEN_TASKS), limit=UNSEEN_PROMPTS) for p in task.prompts]
-    answers = generate(target.params, target.config, prompts, GenerationConfig(max_new_tokens=ANSWER_TOKENS))
+               for task in load_tasks(list(UNSEEN_TASKS), limit=prompts_per_task) for p in task.prompts]
+    answers = generate(target.params, target.config, prompts, GenerationConfig(max_new_tokens=answer_tokens))
     width = max(len(p) + len(a) for p, a in zip(prompts, answers))
     tokens, loss_mask = np.zeros((len(prompts), width), np.int32), np.zeros((len(prompts), width), np.int32)
-    anchors = np.zeros((len(prompts), ANSWER_TOKENS - 1), np.int32)
+    anchors = np.zeros((len(prompts), answer_tokens - 1), np.int32)
     for row, (prompt, answer) in enumerate(zip(prompts, answers)):
         tokens[row, : len(prompt) + len(answer)] = prompt + answer
         loss_mask[row, len(prompt): len(prompt) + len(answer)] = 1
         # an anchor past a short answer's end gets no valid slot (make_blocks masks it)
-        anchors[row] = len(prompt) - 1 + np.arange(ANSWER_TOKENS - 1)
+        anchors[row] = len(prompt) - 1 + np.arange(answer_tokens - 1)
     return jnp.asarray(tokens), jnp.asarray(loss_mask), jnp.asarray(anchors)
 
 
@@ -90,11 +93,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
     parser.add_argument("--drafter", default="dspark", help="shipped kind or exported drafter directory")
+    parser.add_argument("--max-sequences", type=int, default=None, help="the first N training sequences")
+    parser.add_argument("--unseen-prompts", type=int, default=2, help="unseen prompts per task")
+    parser.add_argument("--answer-tokens", type=int, default=64, help="greedy tokens per unseen answer")
     args = parser.parse_args()
     target = load_target()
     directory = shipped_drafter(args.drafter) if args.drafter in KINDS else Path(args.drafter)
     model = import_drafter(directory, target.config, target.params)
-    all_tokens, all_mask = load_sequences(sorted(args.data.glob("sequences-*.npz")), LENGTH)
+    all_tokens, all_mask = load_sequences(sorted(args.data.glob("sequences-*.npz")), LENGTH, args.max_sequences)
     tokens, loss_mask = jnp.asarray(all_tokens[:4]), jnp.asarray(all_mask[:4])
     layers = model.config.target_layers
     features, final_hidden = target_features(target.config, target.params, tokens, layers)
@@ -111,7 +117,7 @@ def main() -> None:
     show("training sequences", agreement_by_position(target, model, tokens, loss_mask,
                                                       sample_anchors(jax.random.key(0), loss_mask, 32),
                                                       features, final_hidden))
-    answers = greedy_answers(target)
+    answers = greedy_answers(target, args.unseen_prompts, args.answer_tokens)
     features, final_hidden = target_features(target.config, target.params, answers[0], layers)
     show("unseen greedy answers", agreement_by_position(target, model, *answers, features, final_hidden))
     ablated = jnp.broadcast_to(features.mean(axis=(1, 2), keepdims=True), features.shape)

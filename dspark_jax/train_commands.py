@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from dspark_jax.atomic_file import write_atomically
@@ -30,6 +31,8 @@ from dspark_jax.train.loop import RunConfig, cached_steps, online_steps, run_tra
 from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
 from dspark_jax.train.sharegpt import first_turns, split
 from dspark_jax.train.target_cache import estimate_bytes, open_cache, write_cache
+
+MAX_SEQUENCES_HELP = "use only the first N prepared sequences (default: all), e.g. to keep a run's data fixed"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> dict:
@@ -52,6 +55,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--length", type=int, default=512, help="tokens per sequence (cut or padded)")
     p.add_argument("--num-features", type=int, default=5, help="target layers fused by the drafter (K)")
     p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
 
     p = sub.add_parser("train", help="train a DSpark, DFlash or EAGLE-3 drafter for the target")
     p.add_argument("--drafter", choices=KINDS, required=True)
@@ -62,6 +66,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--length", type=int, default=512)
+    p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
     p.add_argument("--block-size", type=int, default=7)
     p.add_argument("--layers", type=int, default=1, help="drafter layers (EAGLE-3 has exactly one)")
     p.add_argument("--num-features", type=int, default=None,
@@ -80,11 +85,19 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     return {"prepare-data": prepare_data, "prepare-cache": prepare_cache, "train": train}
 
 
-def _shards(data: Path) -> list[Path]:
-    shards = sorted(Path(data).glob("sequences-*.npz"))
+def _sequences(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, loss_mask) [N, --length] of the first --max-sequences prepared sequences."""
+    shards = sorted(Path(args.data).glob("sequences-*.npz"))
     if not shards:
-        raise FileNotFoundError(f"{data} holds no sequences-*.npz: run `dspark-jax prepare-data --out {data}` first")
-    return shards
+        raise FileNotFoundError(f"{args.data} holds no sequences-*.npz: run `dspark-jax prepare-data --out "
+                                f"{args.data}` first")
+    if args.max_sequences is not None and args.max_sequences < 1:
+        raise ValueError(f"--max-sequences must be >= 1, got {args.max_sequences}")
+    tokens, loss_mask = load_sequences(shards, args.length, args.max_sequences)
+    if args.max_sequences is not None and len(tokens) < args.max_sequences:
+        raise ValueError(f"--max-sequences {args.max_sequences} exceeds the {len(tokens)} sequences in {args.data}: "
+                         "lower it or extend the data with prepare-data")
+    return tokens, loss_mask
 
 
 def prepare_data(args: argparse.Namespace) -> None:
@@ -109,9 +122,8 @@ def _layers(spec, num_features: int) -> tuple[int, ...]:
 
 
 def prepare_cache(args: argparse.Namespace) -> None:
-    shards = _shards(args.data)
+    tokens, loss_mask = _sequences(args)
     spec = describe_target(args.target)
-    tokens, loss_mask = load_sequences(shards, args.length)
     layers = _layers(spec, args.num_features)
     need = estimate_bytes(len(tokens), args.length, len(layers), spec.config.hidden_size)
     print(f"target cache: {len(tokens)} sequences x {args.length} tokens x {len(layers) + 1} x "
@@ -128,17 +140,19 @@ def train(args: argparse.Namespace) -> None:
         raise ValueError(f"an EAGLE-3 drafter has exactly one layer: drop --layers {args.layers}")
     if args.num_features is None:
         args.num_features = 3 if args.drafter == "eagle3" else 5
-    shards = _shards(args.data)
     spec = describe_target(args.target)
     layers = _layers(spec, args.num_features)
     if args.cache is not None:
         meta_path = args.cache / "cache.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{args.cache} is not a target cache: run `dspark-jax prepare-cache` first")
-        cached_layers = json.loads(meta_path.read_text())["target_layers"]
+        meta = json.loads(meta_path.read_text())
+        cached_layers = meta["target_layers"]
         if not set(layers) <= set(cached_layers):
             raise ValueError(f"the cache holds target layers {cached_layers}, but --num-features "
                              f"{args.num_features} needs {list(layers)}: rebuild the cache or match --num-features")
+        if meta["length"] != args.length:
+            raise ValueError(f"the cache holds sequences of {meta['length']} tokens: pass --length {meta['length']}")
         feature_index = tuple(cached_layers.index(layer) for layer in layers)
     drafter = DrafterConfig.for_target(spec.config, num_layers=args.layers, block_size=args.block_size,
                                        num_features=args.num_features,
@@ -152,12 +166,12 @@ def train(args: argparse.Namespace) -> None:
     if args.draft_vocab < 0:
         raise ValueError(f"--draft-vocab must be >= 0 (0: the whole vocabulary), got {args.draft_vocab}")
     # Data and cache are opened (memory-mapped, cheap) before the target loads, so bad input fails first.
-    tokens, loss_mask = load_sequences(shards, args.length)
+    tokens, loss_mask = _sequences(args)
     if args.cache is None:
         if args.batch_size > len(tokens):
             raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(tokens)} prepared sequences")
     else:
-        cache_shards = open_cache(args.cache)
+        cache_shards = open_cache(args.cache, tokens)
         if not cache_shards or args.batch_size > min(len(s) for s in cache_shards):
             raise ValueError(f"--batch-size {args.batch_size} exceeds the rows of the smallest cache shard; "
                              "lower it or rebuild the cache with a larger --shard-size")

@@ -23,7 +23,7 @@ from dspark_jax.train.drafter_step import (
     train_step,
     train_step_cached,
 )
-from dspark_jax.train.target_cache import CachedShard, estimate_bytes, write_cache
+from dspark_jax.train.target_cache import CachedShard, estimate_bytes, open_cache, write_cache
 
 CONFIG = tiny_config("gemma3")
 PARAMS = init_params(CONFIG, jax.random.key(0), std=0.3)
@@ -136,3 +136,24 @@ def test_a_cache_without_statistics_is_refused(tmp_path):
     (shard / "log_normalizer.npy").unlink()
     with pytest.raises(ValueError, match="older prepare-cache.*rerun `dspark-jax prepare-cache`"):
         CachedShard(shard)
+
+
+def test_a_cache_serves_the_first_sequences_of_its_data_and_refuses_other_data(tmp_path):
+    write_cache(CONFIG, PARAMS, LAYERS, TOKENS[:7], LOSS_MASK[:7], tmp_path, shard_size=4)
+    shards = open_cache(tmp_path, TOKENS[:6])  # the second shard holds rows 4-6; only 4 and 5 are served
+    assert [len(s) for s in shards] == [4, 2]
+    np.testing.assert_array_equal(shards[1].batch(np.array([0, 1]))[0], TOKENS[4:6])
+    with pytest.raises(ValueError, match="caches 7 sequences, fewer than the 10 asked for"):
+        open_cache(tmp_path, TOKENS)
+    with pytest.raises(ValueError, match="shard-00000 holds other sequences than --data"):
+        open_cache(tmp_path, TOKENS[1:5])
+    with pytest.raises(ValueError, match="shard-00000 holds other sequences than these"):
+        write_cache(CONFIG, PARAMS, LAYERS, TOKENS[1:], LOSS_MASK[1:], tmp_path, shard_size=4)
+    before = CachedShard(tmp_path / "shard-00000").batch(np.arange(4))
+    write_cache(CONFIG, PARAMS, LAYERS, TOKENS, LOSS_MASK, tmp_path, shard_size=4)  # the same data, extended
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000", "shard-00001", "shard-00002"]
+    shards = open_cache(tmp_path, TOKENS)
+    assert [len(s) for s in shards] == [4, 4, 2]
+    for kept, again in zip(jax.tree.leaves(before), jax.tree.leaves(shards[0].batch(np.arange(4)))):
+        np.testing.assert_array_equal(kept, again)
+    np.testing.assert_array_equal(shards[1].batch(np.arange(4))[0], TOKENS[4:8])  # the short shard, rewritten

@@ -65,3 +65,21 @@ def test_cache_must_match_the_drafter_layers(data, tmp_path, capsys):
         cli.main(["train", "--drafter", "dspark", "--target", TINY, "--data", str(data), "--cache",
                   str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--num-features", "2"])
     assert exit_info.value.code == 2 and "rebuild the cache" in capsys.readouterr().err
+
+
+def test_max_sequences_takes_the_first_ones_and_a_cache_must_hold_them(data, tmp_path, capsys):
+    common = ["--target", TINY, "--data", str(data), "--length", "96", "--num-features", "2"]
+    cache = tmp_path / "cache"
+    cli.main(["prepare-cache", *common, "--out", str(cache), "--shard-size", "3", "--max-sequences", "4"])
+    assert "4 sequences" in capsys.readouterr().out
+    train = ["train", "--drafter", "dflash", *common, "--cache", str(cache), "--steps", "1", "--batch-size", "1",
+             "--block-size", "3", "--draft-vocab", "16"]
+    cli.main([*train, "--out", str(tmp_path / "run"), "--max-sequences", "4"])
+    assert "trained 1/1 steps" in capsys.readouterr().out
+    for bad, message in [(["--max-sequences", "5"], "caches 4 sequences, fewer than the 5 asked for"),
+                         (["--max-sequences", "7"], "--max-sequences 7 exceeds the 6 sequences"),
+                         (["--max-sequences", "0"], "--max-sequences must be >= 1"),
+                         (["--max-sequences", "4", "--length", "64"], "pass --length 96")]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*train, "--out", str(tmp_path / "bad"), *bad])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

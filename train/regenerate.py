@@ -71,11 +71,14 @@ def regenerate(target: Target, prompts: list[str], out_dir: Path, config: Regene
     return shards
 
 
-def load_sequences(shards: list[Path], length: int) -> tuple[np.ndarray, np.ndarray]:
+def load_sequences(shards: list[Path], length: int, max_sequences: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """(tokens int32[N, length], loss_mask bool[N, length]) from shards, cut or padded to `length`; the
-    loss mask covers the response tokens only."""
+    loss mask covers the response tokens only. With max_sequences, only the first ones (N <= max_sequences)."""
     rows, masks = [], []
     for path in shards:
+        if max_sequences is not None and len(rows) >= max_sequences:
+            break
         with np.load(path) as shard:
             for tokens, n, p in zip(shard["tokens"], shard["lengths"], shard["prompt_lengths"]):
                 row = np.zeros(length, np.int32)
@@ -83,4 +86,4 @@ def load_sequences(shards: list[Path], length: int) -> tuple[np.ndarray, np.ndar
                 positions = np.arange(length)
                 rows.append(row)
                 masks.append((positions >= p) & (positions < n))
-    return np.stack(rows), np.stack(masks)
+    return np.stack(rows[:max_sequences]), np.stack(masks[:max_sequences])

@@ -50,9 +50,15 @@ def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[in
     for index, start in enumerate(range(0, len(tokens), shard_size)):
         final = out_dir / f"shard-{index:05d}"
         shards.append(final)
-        if final.exists():
-            continue
         rows = slice(start, start + shard_size)
+        if final.exists():
+            written = np.load(final / "tokens.npy", mmap_mode="r")
+            if np.array_equal(written, tokens[rows]):
+                continue
+            if len(written) >= len(tokens[rows]) or not np.array_equal(written, tokens[rows][: len(written)]):
+                raise ValueError(f"{final} holds other sequences than these (other data, --length or "
+                                 "--shard-size): write the cache into a new --out directory")
+            # else a shorter last shard of fewer sequences: it is written again, whole
         features, hidden, log_normalizer, greedy = [], [], [], []
         for b in range(rows.start, min(rows.stop, len(tokens)), batch_size):
             batch = slice(b, min(b + batch_size, rows.stop))
@@ -69,25 +75,47 @@ def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[in
         np.save(partial / "hidden.npy", np.concatenate(hidden).view(np.uint16))
         np.save(partial / "log_normalizer.npy", np.concatenate(log_normalizer))
         np.save(partial / "greedy.npy", np.concatenate(greedy))
-        partial.rename(final)
+        if final.exists():  # killed between these renames, both are .tmp: the next run writes the shard again
+            final.rename(out_dir / f"shard-{index:05d}.old.tmp")
+            partial.rename(final)
+            shutil.rmtree(out_dir / f"shard-{index:05d}.old.tmp")
+        else:
+            partial.rename(final)
     return shards
 
 
-def open_cache(directory: Path) -> list[CachedShard]:
-    """Every finished shard of a cache directory (unfinished `.tmp` ones are not shards)."""
-    return [CachedShard(path) for path in sorted(Path(directory).glob("shard-*")) if not path.name.endswith(".tmp")]
+def open_cache(directory: Path, tokens: np.ndarray) -> list[CachedShard]:
+    """The finished shards (unfinished `.tmp` ones are not shards) whose first rows are exactly `tokens`
+    [N, T]: a cache written from more sequences serves their first N."""
+    shards, start = [], 0
+    for path in sorted(Path(directory).glob("shard-*")):
+        if start == len(tokens):
+            break
+        if path.name.endswith(".tmp"):
+            continue
+        shard = CachedShard(path, rows=len(tokens) - start)
+        if not np.array_equal(shard.tokens, tokens[start : start + len(shard)]):
+            raise ValueError(f"{path} holds other sequences than --data (other data or --length): rebuild the "
+                             "cache with prepare-cache from the same --data and --length into a new --out")
+        shards.append(shard)
+        start += len(shard)
+    if start < len(tokens):
+        raise ValueError(f"{directory} caches {start} sequences, fewer than the {len(tokens)} asked for: complete it "
+                         "with prepare-cache (same --data, --out and --max-sequences) or lower --max-sequences")
+    return shards
 
 
 class CachedShard:
     """One shard, memory-mapped: rows are read from disk only when indexed."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, rows: int | None = None):
+        """rows: serve only the first ones."""
         directory = Path(directory)
         if not (directory / "log_normalizer.npy").exists():
             raise ValueError(f"{directory} has no log_normalizer.npy: it was written by an older prepare-cache; "
                              "rerun `dspark-jax prepare-cache` into a new --out directory")
         load = lambda name: np.load(directory / f"{name}.npy", mmap_mode="r")
-        self.tokens, self.loss_mask = load("tokens"), load("loss_mask")
+        self.tokens, self.loss_mask = load("tokens")[:rows], load("loss_mask")[:rows]
         self._features, self._hidden = load("features"), load("hidden")
         self._log_normalizer, self._greedy = load("log_normalizer"), load("greedy")
 
