@@ -172,7 +172,7 @@ def train(args: argparse.Namespace) -> None:
             raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(tokens)} prepared sequences")
     else:
         cache_shards = open_cache(args.cache, tokens)
-        if not cache_shards or args.batch_size > min(len(s) for s in cache_shards):
+        if args.batch_size > min(len(s) for s in cache_shards):
             raise ValueError(f"--batch-size {args.batch_size} exceeds the rows of the smallest cache shard; "
                              "lower it or rebuild the cache with a larger --shard-size")
     target = load_target(spec)

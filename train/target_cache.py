@@ -75,12 +75,11 @@ def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[in
         np.save(partial / "hidden.npy", np.concatenate(hidden).view(np.uint16))
         np.save(partial / "log_normalizer.npy", np.concatenate(log_normalizer))
         np.save(partial / "greedy.npy", np.concatenate(greedy))
+        replaced = out_dir / f"shard-{index:05d}.old.tmp"
         if final.exists():  # killed between these renames, both are .tmp: the next run writes the shard again
-            final.rename(out_dir / f"shard-{index:05d}.old.tmp")
-            partial.rename(final)
-            shutil.rmtree(out_dir / f"shard-{index:05d}.old.tmp")
-        else:
-            partial.rename(final)
+            final.rename(replaced)
+        partial.rename(final)
+        shutil.rmtree(replaced, ignore_errors=True)
     return shards
 
 
