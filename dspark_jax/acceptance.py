@@ -8,6 +8,10 @@ is accepted (or the path ends) the bonus token is drawn from what is left of p. 
 special case of one-hot p (the target's argmax): acceptance is then exact match and the bonus is the argmax,
 so greedy output equals the target's own token for token. `accept_greedy` is that special case computed from
 the argmax tokens alone, so greedy verification never builds [B, N, V] one-hot distributions (tested equal).
+
+`verify_depth` (int32[], optional) says how deep the target verified: nodes below it are never accepted,
+so the walk stops there and the bonus comes from the target's distribution at the last verified node,
+exactly as if the draft had ended at that depth.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def _token_prob(probs: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def accept(template: TreeTemplate, target_probs: jax.Array, node_tokens: jax.Array,
-           main_draft_probs: jax.Array | None, key: jax.Array) -> Acceptance:
+           main_draft_probs: jax.Array | None, key: jax.Array, verify_depth: jax.Array | None = None) -> Acceptance:
     """Walks the tree from the anchor.
 
     target_probs: float32[B, N, V], the target's (filtered) distribution at every node (one-hot when greedy).
@@ -47,6 +51,7 @@ def accept(template: TreeTemplate, target_probs: jax.Array, node_tokens: jax.Arr
     main_draft_probs: float32[B, D, V], the distribution each main-chain token was sampled from, or None
       when every node is a deterministic proposal (one-hot q).
     key: one PRNG key for the whole batch.
+    verify_depth: int32[], the deepest verified depth (default: all); target_probs below it are not read.
     """
     batch, _, vocab = target_probs.shape
     acceptance_key, bonus_key = jax.random.split(key)
@@ -67,11 +72,12 @@ def accept(template: TreeTemplate, target_probs: jax.Array, node_tokens: jax.Arr
     def descend(found: jax.Array, current: jax.Array, residual: jax.Array) -> jax.Array:
         return jnp.where(found[:, None], _take(target_probs, current), residual)
 
-    path, residual = _walk(template, batch, try_child, descend, target_probs[:, 0])
+    path, residual = _walk(template, batch, try_child, descend, target_probs[:, 0], verify_depth)
     return _acceptance(path, sample_from(residual, jax.random.uniform(bonus_key, (batch,))))
 
 
-def accept_greedy(template: TreeTemplate, target_tokens: jax.Array, node_tokens: jax.Array) -> Acceptance:
+def accept_greedy(template: TreeTemplate, target_tokens: jax.Array, node_tokens: jax.Array,
+                  verify_depth: jax.Array | None = None) -> Acceptance:
     """`accept` for a greedy target, whose distribution at every node is one-hot on its argmax.
 
     target_tokens: int32[B, N], the target's argmax at every node; node_tokens: int32[B, N] as in `accept`.
@@ -86,13 +92,14 @@ def accept_greedy(template: TreeTemplate, target_tokens: jax.Array, node_tokens:
     def descend(found: jax.Array, current: jax.Array, expected: jax.Array) -> jax.Array:
         return _take(target_tokens, current)
 
-    path, expected = _walk(template, node_tokens.shape[0], try_child, descend, target_tokens[:, 0])
+    path, expected = _walk(template, node_tokens.shape[0], try_child, descend, target_tokens[:, 0], verify_depth)
     return _acceptance(path, expected)
 
 
-def _walk(template: TreeTemplate, batch: int, try_child, descend, carry: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _walk(template: TreeTemplate, batch: int, try_child, descend, carry: jax.Array,
+          verify_depth: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     """The walk both rules share: from the anchor, try the children of the current node in order and move to
-    the first accepted one, until none is or the path ends.
+    the first accepted one, until none is or the path ends (at the template's depth or `verify_depth`).
 
     try_child(depth, candidate, node, trying, carry) -> (ok, carry) tests one child for the rows where
     `trying` (ok must be False elsewhere); descend(found, current, carry) -> carry runs after each depth.
@@ -104,6 +111,8 @@ def _walk(template: TreeTemplate, batch: int, try_child, descend, carry: jax.Arr
     path = [current]
     for d in range(1, template.depth + 1):
         expanding = alive & has_children[current]
+        if verify_depth is not None:
+            expanding = expanding & (d <= verify_depth)
         chosen = jnp.zeros(batch, jnp.int32)
         found = jnp.zeros(batch, bool)
         for w in range(template.width):

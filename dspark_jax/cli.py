@@ -9,7 +9,7 @@ import time
 import jax.numpy as jnp
 
 from dspark_jax import eval_commands, speculative, train_commands
-from dspark_jax.drafter_choice import resolve_drafter
+from dspark_jax.drafter_choice import SCHEDULES, resolve_drafter
 from dspark_jax.generate import GenerationConfig, generate_stream, pad_prompts
 from dspark_jax.models.sharding import make_mesh
 from dspark_jax.sampling import SamplingConfig
@@ -51,6 +51,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="draft tokens per step, chain (default: the drafter's block size, else 7)")
     p.add_argument("--tree", type=TreeTemplate.parse, default=None,
                    help="draft tree WIDTHxDEPTH (top-WIDTH candidates per depth), e.g. 3x4; 1xN is a chain")
+    p.add_argument("--schedule", choices=SCHEDULES, default="full",
+                   help="full: verify the whole draft; hardware: verify the prefix DSpark's hardware-aware "
+                        "scheduler picks from the drafter's confidences and step costs profiled at start")
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -61,13 +64,17 @@ def _generate(args: argparse.Namespace) -> None:
     texts = [spec.tokenizer.chat_prompt(p) if args.chat else p for p in args.prompt]
     prompts = [spec.tokenizer.encode(t) for t in texts]
     choice = resolve_drafter(args.drafter, spec, args.gamma, args.tree, DTYPES[args.dtype])
+    if choice is None and args.schedule != "full":
+        raise ValueError("--schedule hardware needs a drafter with a confidence head: --drafter dspark")
+    if choice is not None:
+        choice = choice.with_schedule(args.schedule)
     pad_prompts(spec.config, prompts, generation, reserve=choice.template.num_nodes if choice else 0)
     mesh = make_mesh(*args.mesh) if args.mesh else None
 
     target = load_target(spec, dtype=DTYPES[args.dtype], mesh=mesh)
     if choice is not None:
         proposer, proposer_params = choice.build(target)
-        _speculate(args, target, prompts, generation, proposer, proposer_params, choice.template)
+        _speculate(args, target, prompts, generation, proposer, proposer_params, choice)
         return
     start, printed, rows = time.perf_counter(), "", []
     for rows in generate_stream(target.params, target.config, prompts, generation, seed=args.seed):
@@ -86,9 +93,10 @@ def _generate(args: argparse.Namespace) -> None:
     print(f"[{total} tokens in {seconds:.2f}s, {total / seconds:.1f} tok/s including compilation]", file=sys.stderr)
 
 
-def _speculate(args, target, prompts, generation, proposer, draft_params, template) -> None:
+def _speculate(args, target, prompts, generation, proposer, draft_params, choice) -> None:
     result = speculative.speculative_generate(target.params, target.config, prompts, generation, proposer,
-                                              draft_params, template, seed=args.seed, split_timing=True)
+                                              draft_params, choice.template, seed=args.seed, split_timing=True,
+                                              schedule=choice.scheduled)
     for i, row in enumerate(result.tokens):
         if len(prompts) > 1:
             print(f"--- [{i}] {args.prompt[i]!r}")
@@ -96,8 +104,9 @@ def _speculate(args, target, prompts, generation, proposer, draft_params, templa
     s = result.stats
     total = sum(len(r) for r in result.tokens)
     rates = " ".join(f"{r:.2f}" for r in s.accept_rate_by_position)
-    print(f"[{total} tokens, {s.target_steps} target steps, tau {s.tau:.2f}, accept rate by position {rates}; "
-          f"prefill {s.prefill_seconds:.2f}s, decode {s.decode_seconds:.2f}s including compilation]",
+    verified = f", {s.mean_verified_depth:.2f} draft tokens verified per step" if choice.scheduled else ""
+    print(f"[{total} tokens, {s.target_steps} target steps, tau {s.tau:.2f}{verified}, accept rate by position "
+          f"{rates}; prefill {s.prefill_seconds:.2f}s, decode {s.decode_seconds:.2f}s including compilation]",
           file=sys.stderr)
 
 

@@ -25,11 +25,27 @@ from dspark_jax.tree import TreeTemplate
 DEFAULT_DEPTH = 7
 
 
+SCHEDULES = ("full", "hardware")  # verify the whole draft / the prefix DSpark's hardware-aware scheduler picks
+
+
 @dataclasses.dataclass(frozen=True)
 class DrafterChoice:
     name: str
     template: TreeTemplate
     build: Callable[[Target], tuple[Any, Any]]  # target -> (proposer, proposer params)
+    has_confidence: bool = False  # the drafter scores its drafts (DSpark's confidence head)
+    scheduled: bool = False  # verify only the prefix the hardware-aware scheduler picks
+
+    def with_schedule(self, schedule: str) -> DrafterChoice:
+        """This drafter under `schedule` (one of SCHEDULES); the scheduled variant is named NAME+scheduler."""
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if schedule == "full":
+            return self
+        if not self.has_confidence:
+            raise ValueError(f"--schedule hardware needs a drafter with a confidence head (dspark or a DSpark "
+                             f"drafter directory); {self.name} has none")
+        return dataclasses.replace(self, name=f"{self.name}+scheduler", scheduled=True)
 
 
 def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tree: TreeTemplate | None = None,
@@ -91,4 +107,4 @@ def _exported(directory: Path, name: str, spec: TargetSpec, depth: int | None, t
         model = import_drafter(directory, target.config, target.params)
         return drafter_proposer(target.config, model, target.params)
 
-    return DrafterChoice(name, template(block_size), build)
+    return DrafterChoice(name, template(block_size), build, has_confidence=meta["kind"] == "dspark")

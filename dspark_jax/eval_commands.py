@@ -62,6 +62,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--gamma", type=int, default=None)
     p.add_argument("--tree", type=TreeTemplate.parse, default=None)
+    p.add_argument("--schedule", type=_list(str), default=("full",),
+                   help="comma-separated: full (verify the whole draft) and/or hardware (DSpark's hardware-aware "
+                        "prefix scheduler); a drafter with a confidence head runs once per schedule, others once")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -70,6 +73,9 @@ def _methods(args: argparse.Namespace, spec):
     if any(c is None for c in choices):
         raise ValueError("every --drafter must name a drafter (none / default without a shipped drafter cannot "
                          "be evaluated against autoregressive decoding, which always runs)")
+    # A drafter without a confidence head skips "hardware", unless that is the only schedule asked for.
+    choices = [c.with_schedule(s) for c in choices
+               for s in ([s for s in args.schedule if s != "hardware" or c.has_confidence] or args.schedule)]
     names = [c.name for c in choices]
     if len(set(names)) != len(names):
         raise ValueError(f"drafter names must differ, got {names}")
@@ -77,7 +83,7 @@ def _methods(args: argparse.Namespace, spec):
 
 
 def _build(choices, target) -> list[Method]:
-    return [Method(c.name, *c.build(target), c.template) for c in choices]
+    return [Method(c.name, *c.build(target), c.template, c.scheduled) for c in choices]
 
 
 def evaluate_command(args: argparse.Namespace) -> None:

@@ -37,7 +37,9 @@ def markdown(results: dict) -> str:
            f"drafts " + ", ".join(f"{d} {t}" for d, t in s["drafters"].items()) + ".\n"]
     cell = lambda d, t, key, fmt: fmt.format(results["tasks"][t][d][key])
     for title, key, fmt in [("τ (accepted tokens per verify step, bonus included)", "tau", "{:.2f}"),
-                            ("Speedup over autoregressive decoding (tokens/s ratio)", "speedup", "{:.2f}x")]:
+                            ("Speedup over autoregressive decoding (tokens/s ratio)", "speedup", "{:.2f}x"),
+                            ("Draft tokens verified per step (the draft depth unless a scheduler cuts it)",
+                             "verified_per_step", "{:.2f}")]:
         rows = [[d] + [cell(d, t, key, fmt) for t in tasks]
                 + [fmt.format(_mean([results["tasks"][t][d][key] for t in tasks]))] for d in drafters]
         out += [f"\n### {title}\n\n", _table(["drafter", *tasks, "mean"], rows)]

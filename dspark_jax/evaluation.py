@@ -80,6 +80,7 @@ class Method:
     proposer: Any
     params: Any
     template: TreeTemplate
+    scheduled: bool = False  # verify only the prefix the hardware-aware scheduler picks (speculative_generate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,7 @@ def merge_stats(stats: list[SpecStats]) -> SpecStats:
     pad = lambda a, value: np.pad(a, [(0, 0), (0, steps - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
                                   constant_values=value)
     return SpecStats(accepted=np.concatenate([pad(s.accepted, -1) for s in stats]),
+                     verified_depth=np.concatenate([pad(s.verified_depth, 0) for s in stats]),
                      confidence=np.concatenate([pad(s.confidence, np.nan) for s in stats]),
                      depth=stats[0].depth, prefill_seconds=sum(s.prefill_seconds for s in stats),
                      decode_seconds=sum(s.decode_seconds for s in stats))
@@ -109,6 +111,7 @@ def drafter_metrics(stats: SpecStats, generated_tokens: int) -> dict:
         "proposals": proposals,
         "accept_rate_by_position": stats.accept_rate_by_position.tolist(),
         "verify_rate": proposals / max(generated_tokens, 1),
+        "verified_per_step": stats.mean_verified_depth,
         "calibration": (calibration_by_position(confidence, survived, position, stats.depth)
                         if confidence.size else None),
         "reliability": ({k: np.asarray(v).tolist()
@@ -147,7 +150,8 @@ class Evaluator:
         call = lambda batch: (generate(self.target.params, self.target.config, batch, generation, self.config.seed)
                               if method is None else
                               speculative_generate(self.target.params, self.target.config, batch, generation,
-                                                   method.proposer, method.params, method.template, self.config.seed))
+                                                   method.proposer, method.params, method.template, self.config.seed,
+                                                   schedule=method.scheduled))
         if timed and key not in self.warm:
             call(batches[0])  # compile outside the timed region
         self.warm.add(key)
@@ -220,7 +224,8 @@ def benchmark(target: Target, methods: list[Method], task: Task, batch_sizes: tu
             for method in methods:
                 tokens, seconds, stats = evaluator.run(method, prompts, max_new_tokens, sampling)
                 rate = sum(len(t) for t in tokens) / seconds
-                row[method.name] = {"tokens_per_s": rate, "speedup": rate / ar_rate, "tau": stats.tau}
+                row[method.name] = {"tokens_per_s": rate, "speedup": rate / ar_rate, "tau": stats.tau,
+                                    "verified_per_step": stats.mean_verified_depth}
                 bar.update()
             rows.append(row)
     bar.close()

@@ -28,6 +28,7 @@ from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import forward, logits
 from dspark_jax.proposers.base import DraftContext, Prefilled, Proposer, Verified
 from dspark_jax.sampling import argmax, probabilities, sample
+from dspark_jax.scheduler import PrefixScheduler
 from dspark_jax.tree import TreeTemplate, verify_mask, verify_positions
 
 
@@ -43,6 +44,7 @@ class SpecState:
     key: jax.Array  # PRNG key
     steps: jax.Array  # int32[]: verify steps so far
     accepted: jax.Array  # int32[B, max_new_tokens]: draft tokens accepted per step, -1 where the row idled
+    verified_depth: jax.Array  # int32[B, max_new_tokens]: how deep the target verified the draft per step
     confidence: jax.Array  # float32[B, max_new_tokens, γ]: the drafter's confidences per step, NaN if it has none
 
 
@@ -56,6 +58,7 @@ class SpecDecoder:
     generation: GenerationConfig
     cache_size: int
     history_size: int
+    scheduler: PrefixScheduler | None = None  # None: verify the whole draft every step
 
     def prefill(self, params: TransformerParams, proposer_params: Any, prompt: jax.Array,
                 prompt_lengths: jax.Array, key: jax.Array) -> SpecState:
@@ -80,35 +83,36 @@ class SpecDecoder:
             key=key,
             steps=jnp.zeros((), jnp.int32),
             accepted=jnp.full((batch, self.generation.max_new_tokens), -1, jnp.int32),
+            verified_depth=jnp.zeros((batch, self.generation.max_new_tokens), jnp.int32),
             confidence=jnp.full((batch, self.generation.max_new_tokens, self.template.depth), jnp.nan, jnp.float32),
         )
 
     def _is_stop(self, tokens: jax.Array) -> jax.Array:
         return jnp.isin(tokens, jnp.asarray(self.generation.stop_tokens or (-1,), jnp.int32))
 
-    def step(self, params: TransformerParams, proposer_params: Any, state: SpecState) -> SpecState:
+    def step(self, params: TransformerParams, proposer_params: Any, state: SpecState,
+             verify_depth: jax.Array | None = None) -> SpecState:
+        """One draft → verify → accept step. verify_depth (int32[]) forces how deep the draft is verified
+        (profiling); by default the scheduler chooses, or, without one, the whole draft is verified."""
         template, batch = self.template, state.length.shape[0]
         draft_key, accept_key, key = jax.random.split(state.key, 3)
         context = DraftContext(history=state.history, length=state.length, done=state.done)
         draft, proposer_state = self.proposer.propose(proposer_params, state.proposer_state, context, template,
                                                       self.generation.sampling, draft_key)
+        if verify_depth is None and self.scheduler is not None:
+            if draft.confidence is None:
+                raise ValueError("the prefix scheduler needs a drafter with a confidence head (DSpark)")
+            verify_depth = self.scheduler.verify_depth(draft.confidence, ~state.done)
 
-        # Verify every node in one target pass; node i is parked in slot anchor + i.
         anchor_position = context.anchor_position
         node_tokens = jnp.concatenate([context.anchor[:, None], draft.tokens.reshape(batch, -1)], axis=1)
-        slots = anchor_position[:, None] + jnp.arange(template.num_nodes, dtype=jnp.int32)[None, :]
-        out = forward(params, node_tokens, verify_positions(template, anchor_position), state.cache,
-                      config=self.model, write_slots=jnp.where(state.done[:, None], self.cache_size, slots),
-                      mask=verify_mask(template, anchor_position, state.cache.positions),
-                      capture_layers=self.proposer.capture_layers)
-        target_logits = logits(params, out.hidden, config=self.model)
+        cache, judged, captured = self._verify(params, state, node_tokens, anchor_position, verify_depth)
         if self.generation.sampling.greedy:
-            result = accept_greedy(template, argmax(target_logits), node_tokens)
+            result = accept_greedy(template, judged, node_tokens, verify_depth)
         else:
-            target_probs = probabilities(target_logits, self.generation.sampling)
-            result = accept(template, target_probs, node_tokens, draft.main_probs, accept_key)
+            result = accept(template, judged, node_tokens, draft.main_probs, accept_key, verify_depth)
         num_accepted = jnp.where(state.done, 0, result.num_accepted)
-        cache = keep_path(out.cache, anchor_position, result.path, num_accepted)
+        cache = keep_path(cache, anchor_position, result.path, num_accepted)
 
         # Emit the accepted tokens and the bonus, cut at the first stop token and at the budget.
         path_tokens = jnp.take_along_axis(node_tokens, result.path, axis=1)  # [B, D + 1], anchor first
@@ -126,10 +130,12 @@ class SpecDecoder:
         length = state.length + count
         done = state.done | jnp.any(stops, axis=1) | (length - state.prompt_lengths >= self.generation.max_new_tokens)
 
-        features = jnp.take_along_axis(out.captured, result.path[None, :, :, None], axis=2)
+        features = jnp.take_along_axis(captured, result.path[None, :, :, None], axis=2)
         verified = Verified(tokens=path_tokens, num_accepted=num_accepted, anchor_position=anchor_position,
                             features=features, done=state.done)
         accepted = state.accepted.at[:, state.steps].set(jnp.where(state.done, -1, num_accepted), mode="drop")
+        verified_depth = state.verified_depth.at[:, state.steps].set(
+            template.depth if verify_depth is None else verify_depth, mode="drop")
         confidence = state.confidence
         if draft.confidence is not None:
             confidence = confidence.at[:, state.steps].set(draft.confidence.astype(jnp.float32), mode="drop")
@@ -143,8 +149,38 @@ class SpecDecoder:
             key=key,
             steps=state.steps + 1,
             accepted=accepted,
+            verified_depth=verified_depth,
             confidence=confidence,
         )
+
+    def _verify(self, params: TransformerParams, state: SpecState, node_tokens: jax.Array,
+                anchor_position: jax.Array, verify_depth: jax.Array | None) -> tuple[KVCache, jax.Array, jax.Array]:
+        """One target pass over the nodes down to verify_depth (all by default); node i is parked in slot
+        anchor + i. Returns (cache, what acceptance judges by: the target's argmax int32[B, N] when greedy,
+        else its distribution [B, N, V], captured features [K, B, N, E]), zero past the verified nodes.
+
+        Nodes are depth-major, so depth ℓ is the first 1 + ℓW nodes and their rows of the full tree mask.
+        A traced depth selects one of γ + 1 static-shape passes with `lax.switch`, which runs only that one.
+        """
+        template, num_nodes = self.template, self.template.num_nodes
+        slots = anchor_position[:, None] + jnp.arange(num_nodes, dtype=jnp.int32)[None, :]
+        slots = jnp.where(state.done[:, None], self.cache_size, slots)
+        positions = verify_positions(template, anchor_position)
+        mask = verify_mask(template, anchor_position, state.cache.positions)
+
+        def verify_nodes(n: int):
+            out = forward(params, node_tokens[:, :n], positions[:, :n], state.cache, config=self.model,
+                          write_slots=slots[:, :n], mask=mask[:, :n], capture_layers=self.proposer.capture_layers)
+            target_logits = logits(params, out.hidden, config=self.model)
+            sampling = self.generation.sampling
+            judged = argmax(target_logits) if sampling.greedy else probabilities(target_logits, sampling)
+            pad = lambda a, axis: jnp.pad(a, [(0, num_nodes - n if i == axis else 0) for i in range(a.ndim)])
+            return out.cache, pad(judged, 1), pad(out.captured, 2)
+
+        if verify_depth is None:
+            return verify_nodes(num_nodes)
+        branches = [functools.partial(verify_nodes, 1 + depth * template.width) for depth in range(template.depth + 1)]
+        return jax.lax.switch(verify_depth, branches)
 
     def run(self, params: TransformerParams, proposer_params: Any, state: SpecState) -> SpecState:
         return jax.lax.while_loop(lambda s: jnp.any(~s.done), functools.partial(self.step, params, proposer_params),
@@ -158,6 +194,30 @@ def _generate(decoder: SpecDecoder, params, proposer_params, prompt, prompt_leng
 
 _prefill = jax.jit(SpecDecoder.prefill, static_argnums=0)
 _run = jax.jit(SpecDecoder.run, static_argnums=0, donate_argnums=3)
+_step = jax.jit(SpecDecoder.step, static_argnums=0)
+_profiled: dict[SpecDecoder, PrefixScheduler] = {}
+
+
+def profile_scheduler(decoder: SpecDecoder, params: TransformerParams, proposer_params: Any, prompt: jax.Array,
+                      prompt_lengths: jax.Array, key: jax.Array, repeats: int = 3) -> PrefixScheduler:
+    """The scheduler with its cost table measured on this machine: the wall time of one whole engine step
+    (draft, verify, accept, drafter update) verifying each depth 0..γ, best of `repeats`, from the state
+    after prefill. Measured once per decoder (shapes, drafter, sampling) and remembered."""
+    decoder = dataclasses.replace(decoder, scheduler=None)
+    if decoder not in _profiled:
+        state = _prefill(decoder, params, proposer_params, prompt, prompt_lengths, key)
+        seconds = []
+        for depth in range(decoder.template.depth + 1):
+            run = lambda: jax.block_until_ready(_step(decoder, params, proposer_params, state, jnp.int32(depth)))
+            run()  # compiles once, for every depth
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - start)
+            seconds.append(min(times))
+        _profiled[decoder] = PrefixScheduler(tuple(seconds))
+    return _profiled[decoder]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +225,7 @@ class SpecStats:
     """Per-row acceptance record of one generation, plus timing."""
 
     accepted: np.ndarray  # int32[B, steps]: draft tokens accepted at each verify step, -1 when idle
+    verified_depth: np.ndarray  # int32[B, steps]: how deep the target verified the draft (γ without a scheduler)
     confidence: np.ndarray  # float32[B, steps, γ]: drafter confidence per position, NaN without a confidence head
     depth: int  # draft depth γ
     prefill_seconds: float
@@ -186,20 +247,27 @@ class SpecStats:
         return float(np.mean(self.acceptance_lengths + 1))
 
     @property
+    def mean_verified_depth(self) -> float:
+        """Draft tokens the target verified per step (γ unless a scheduler cut the drafts)."""
+        return float(np.mean(self.verified_depth[self.accepted >= 0]))
+
+    @property
     def accept_rate_by_position(self) -> np.ndarray:
-        """float[γ]: P(draft token k accepted | tokens before k accepted), k = 1..γ."""
-        lengths = self.acceptance_lengths
-        reached = np.array([np.sum(lengths >= k - 1) for k in range(1, self.depth + 1)])
+        """float[γ]: P(draft token k accepted | tokens before k accepted and token k verified), k = 1..γ."""
+        live = self.accepted >= 0
+        lengths, depths = self.accepted[live], self.verified_depth[live]
+        reached = np.array([np.sum((lengths >= k - 1) & (depths >= k)) for k in range(1, self.depth + 1)])
         passed = np.array([np.sum(lengths >= k) for k in range(1, self.depth + 1)])
         return passed / np.maximum(reached, 1)
 
     def confidence_outcomes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(confidence, survived, position) for every draft position the verifier judged: position k of a
-        step counts when tokens < k were accepted; survived says whether token k was. Empty without a
-        confidence head. Matches c_k = P(token k accepted | tokens < k accepted)."""
+        step counts when it was verified and tokens < k were accepted; survived says whether token k was.
+        Empty without a confidence head. Matches c_k = P(token k accepted | tokens < k accepted)."""
         live = self.accepted >= 0
         k = np.arange(1, self.depth + 1)[None, None, :]
-        judged = live[..., None] & (k <= self.accepted[..., None] + 1) & ~np.isnan(self.confidence)
+        judged = (live[..., None] & (k <= self.accepted[..., None] + 1) & (k <= self.verified_depth[..., None])
+                  & ~np.isnan(self.confidence))
         survived = k <= self.accepted[..., None]
         position = np.broadcast_to(k, judged.shape)
         return self.confidence[judged], survived[judged], position[judged]
@@ -224,14 +292,21 @@ def prepare(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: Ge
 def speculative_generate(params: TransformerParams, model: ModelConfig, prompts: Sequence[Sequence[int]],
                          generation: GenerationConfig, proposer: Proposer, proposer_params: Any = None,
                          template: TreeTemplate = TreeTemplate(), seed: int = 0,
-                         split_timing: bool = False) -> SpecResult:
+                         split_timing: bool = False, schedule: PrefixScheduler | bool = False) -> SpecResult:
     """Generated tokens per prompt and acceptance statistics.
 
     By default the whole generation is one device call. `split_timing=True` runs prefill and the decode
     loop as two calls (still no host round trip per step) so their wall times can be reported apart.
+    `schedule` verifies, each step, only the draft prefix the hardware-aware scheduler picks from the
+    drafter's confidences (DSpark): True profiles the step costs on the first such call of this shape
+    (`profile_scheduler`), a PrefixScheduler brings its own.
     """
     decoder, prompt, lengths = prepare(model, prompts, generation, proposer, template)
     key = jax.random.key(seed)
+    if schedule is True:
+        schedule = profile_scheduler(decoder, params, proposer_params, prompt, lengths, key)
+    if schedule:
+        decoder = dataclasses.replace(decoder, scheduler=schedule)
     start = time.perf_counter()
     if split_timing:
         state = jax.block_until_ready(_prefill(decoder, params, proposer_params, prompt, lengths, key))
@@ -241,9 +316,10 @@ def speculative_generate(params: TransformerParams, model: ModelConfig, prompts:
         state = jax.block_until_ready(_generate(decoder, params, proposer_params, prompt, lengths, key))
         prefill_done = start
     end = time.perf_counter()
-    history, length, accepted, confidence, steps = jax.device_get(
-        (state.history, state.length, state.accepted, state.confidence, state.steps))
+    history, length, accepted, verified_depth, confidence, steps = jax.device_get(
+        (state.history, state.length, state.accepted, state.verified_depth, state.confidence, state.steps))
     tokens = [row[p:n].tolist() for row, p, n in zip(history, lengths, length)]
-    stats = SpecStats(accepted=accepted[:, :steps], confidence=confidence[:, :steps], depth=template.depth,
+    stats = SpecStats(accepted=accepted[:, :steps], verified_depth=verified_depth[:, :steps],
+                      confidence=confidence[:, :steps], depth=template.depth,
                       prefill_seconds=prefill_done - start, decode_seconds=end - prefill_done)
     return SpecResult(tokens=tokens, stats=stats)

@@ -49,7 +49,7 @@ def emitted(result, node_tokens):
     return first, second, accepted
 
 
-def chain_case(rng, broken: bool):
+def chain_case(rng, broken: bool, verify_depth=None):
     """Depth-2 chain drafted by sampling from q; the target distribution depends on the prefix."""
     p0, q1 = random_dist(rng), random_dist(rng)
     p1, q2 = random_dist(rng, V), random_dist(rng, V)  # indexed by the first draft token
@@ -62,7 +62,7 @@ def chain_case(rng, broken: bool):
     if broken:
         main_probs = main_probs**2 / (main_probs**2).sum(-1, keepdims=True)
     result = accept(TreeTemplate(1, 2), jnp.asarray(target), jnp.asarray(node_tokens), jnp.asarray(main_probs),
-                    jax.random.key(int(rng.integers(1 << 30))))
+                    jax.random.key(int(rng.integers(1 << 30))), verify_depth)
     return p0, p1, node_tokens, result
 
 
@@ -81,6 +81,40 @@ def test_chain_sampling_matches_target(broken):
     else:
         assert min(values) > 1e-4, values
         assert 0.2 < np.mean(accepted >= 1) < 0.95  # the draft is neither always right nor always wrong
+
+
+def test_a_draft_verified_to_depth_1_ends_there_and_still_matches_target():
+    """The second draft token is never accepted; after an accepted first one, the bonus token follows the
+    target's distribution at that node."""
+    rng = np.random.default_rng(2)
+    p0, p1, node_tokens, result = chain_case(rng, broken=False, verify_depth=jnp.int32(1))
+    first, second, accepted = emitted(result, node_tokens)
+    assert accepted.max() == 1 and np.mean(accepted) > 0.2
+    values = [p_value(first, p0)]
+    for token in range(V):
+        rows = (accepted == 1) & (first == token)
+        if rows.sum() > 2000:
+            values.append(p_value(second[rows], p1[token]))
+    assert len(values) > 2 and min(values) > 1e-4, values
+
+
+@pytest.mark.parametrize("width, depth", [(1, 4), (3, 2)])
+def test_verify_depth_is_the_draft_cut_at_that_depth(width, depth):
+    rng = np.random.default_rng(7)
+    template, batch = TreeTemplate(width, depth), 2048
+    target_tokens = jnp.asarray(rng.integers(0, 3, size=(batch, template.num_nodes)), jnp.int32)
+    node_tokens = jnp.asarray(rng.integers(0, 3, size=(batch, template.num_nodes)), jnp.int32)
+    cut = accept_greedy(template, target_tokens, node_tokens, jnp.int32(0))
+    np.testing.assert_array_equal(cut.num_accepted, 0)
+    np.testing.assert_array_equal(cut.bonus, target_tokens[:, 0])
+    for verify_depth in range(1, depth + 1):
+        cut = accept_greedy(template, target_tokens, node_tokens, jnp.int32(verify_depth))
+        nodes = 1 + verify_depth * width
+        short = accept_greedy(TreeTemplate(width, verify_depth), target_tokens[:, :nodes], node_tokens[:, :nodes])
+        np.testing.assert_array_equal(cut.num_accepted, short.num_accepted)
+        np.testing.assert_array_equal(cut.bonus, short.bonus)
+        np.testing.assert_array_equal(cut.path[:, : verify_depth + 1], short.path)
+        assert np.asarray(short.num_accepted).max() == verify_depth  # every cut length is reached
 
 
 @pytest.mark.parametrize("sampled_main", [False, True])

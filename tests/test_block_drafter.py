@@ -18,6 +18,7 @@ from dspark_jax.models.transformer import forward
 from dspark_jax.proposers.base import DraftContext, Prefilled
 from dspark_jax.proposers.block_drafter import make_block_proposer
 from dspark_jax.sampling import SamplingConfig
+from dspark_jax.scheduler import PrefixScheduler
 from dspark_jax.speculative import speculative_generate
 from dspark_jax.tree import TreeTemplate
 
@@ -57,6 +58,35 @@ def test_greedy_is_lossless(target, kind, template):
     result = speculative_generate(params, config, PROMPTS, generation, proposer, proposer_params, template)
     assert result.tokens == generate(params, config, PROMPTS, generation)
     assert result.stats.target_steps <= 12
+
+
+@pytest.mark.parametrize("template", [TreeTemplate(1, 4), TreeTemplate(2, 3)], ids=str)
+def test_scheduled_greedy_is_lossless(target, template):
+    """The hardware-aware scheduler, profiled on this machine, cuts drafts by DSpark's confidences; output
+    stays the target's. Cost tables that make extra tokens free or dear give full or no verification."""
+    config, params = target
+    generation = GenerationConfig(max_new_tokens=12)
+    proposer, proposer_params = proposer_for("dspark-reduced", config, params)
+    expected = generate(params, config, PROMPTS, generation)
+    run = lambda schedule: speculative_generate(params, config, PROMPTS, generation, proposer, proposer_params,
+                                                template, schedule=schedule)
+    assert run(True).tokens == expected
+    free, full = run(PrefixScheduler((1.0,) * (template.depth + 1))), run(False)
+    assert free.tokens == expected
+    np.testing.assert_array_equal(free.stats.accepted, full.stats.accepted)
+    assert free.stats.mean_verified_depth == template.depth
+    dear = run(PrefixScheduler(tuple(10.0**d for d in range(template.depth + 1))))
+    assert dear.tokens == expected
+    assert dear.stats.tau == 1.0 and dear.stats.mean_verified_depth == 0.0
+    assert full.stats.tau > 1.0  # so "dear" really verified less than the full draft would have accepted
+
+
+def test_the_scheduler_needs_a_confidence_head(target):
+    config, params = target
+    proposer, proposer_params = proposer_for("dflash", config, params)
+    with pytest.raises(ValueError, match="confidence head"):
+        speculative_generate(params, config, PROMPTS, GenerationConfig(max_new_tokens=4), proposer,
+                             proposer_params, TreeTemplate(1, 4), schedule=PrefixScheduler((1.0,) * 5))
 
 
 def goodness_of_fit_p(samples: np.ndarray, probs: np.ndarray) -> float:

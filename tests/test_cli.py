@@ -43,6 +43,8 @@ def copy_tiny(tmp_path, family="llama"):
     (["--drafter", "eagle9"], "unknown --drafter"),
     (["--drafter", "ngram", "--tree", "2x0"], "x"),
     (["--mesh", "two"], "--mesh takes"),
+    (["--drafter", "ngram", "--schedule", "hardware"], "needs a drafter with a confidence head"),
+    (["--drafter", "none", "--schedule", "hardware"], "needs a drafter with a confidence head"),
 ])
 def test_bad_requests(args, message, capsys, no_loading):
     code, err = run_cli(["--target", str(TINY / "llama"), "--prompt", "hello", *args], capsys)

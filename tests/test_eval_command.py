@@ -31,7 +31,7 @@ def test_eval_writes_the_report(drafter_dir, tmp_path, capsys):
     own.write_text('{"turns": ["Say hi."]}\n{"turns": ["Count to three.", "Again."]}\n{"turns": ["Unused."]}\n')
     out = tmp_path / "report"
     cli.main(["eval", "--target", TINY, "--drafter", f"{drafter_dir},ngram", "--tasks", f"gsm8k,{own}",
-              "--limit", "2", "--max-new-tokens", "8", "--output", str(out)])
+              "--limit", "2", "--max-new-tokens", "8", "--schedule", "full,hardware", "--output", str(out)])
     assert "### τ" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["accept_rate_by_position.png", "reliability.png", "results.json",
                                                       "results.md", "speedup.png"]
@@ -39,11 +39,15 @@ def test_eval_writes_the_report(drafter_dir, tmp_path, capsys):
     assert list(results["tasks"]) == ["gsm8k", "mine"]
     for task in results["tasks"].values():
         assert task["autoregressive"]["prompts"] == 2
-        for name, depth in (("tiny-dspark", 3), ("ngram", 7)):
+        assert list(task) == ["autoregressive", "tiny-dspark", "tiny-dspark+scheduler", "ngram"]
+        for name, depth in (("tiny-dspark", 3), ("tiny-dspark+scheduler", 3), ("ngram", 7)):
             metrics = task[name]
             assert metrics["lossless"] is True and 1.0 <= metrics["tau"] <= depth + 1
             assert len(metrics["accept_rate_by_position"]) == depth
             assert metrics["verify_rate"] == pytest.approx(metrics["proposals"] / metrics["tokens"])
+            if name != "tiny-dspark+scheduler":  # the scheduler's choice depends on this machine's step costs
+                assert metrics["verified_per_step"] == depth
+            assert 0 <= metrics["verified_per_step"] <= depth
         calibration = task["tiny-dspark"]["calibration"]
         assert [r["position"] for r in calibration] == [1, 2, 3]
         assert calibration[0]["n"] == task["tiny-dspark"]["proposals"]  # position 1 is judged at every step
@@ -78,6 +82,8 @@ def test_bench_prints_the_grid(drafter_dir, tmp_path, capsys):
     (["--limit", "0"], "--limit must be >= 1"),
     (["--drafter", "none"], "every --drafter must name a drafter"),
     (["--drafter", "ngram", "--gamma", "3", "--tree", "2x4"], "contradicts"),
+    (["--schedule", "hardware"], "needs a drafter with a confidence head"),
+    (["--schedule", "full,sometimes"], "unknown schedule 'sometimes'"),
 ])
 def test_bad_eval_requests_fail_before_loading(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

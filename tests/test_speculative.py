@@ -17,6 +17,7 @@ from dspark_jax.models.transformer import forward
 from dspark_jax.proposers.draft_model import DraftModelProposer
 from dspark_jax.proposers.ngram import NgramProposer
 from dspark_jax.sampling import SamplingConfig
+from dspark_jax.scheduler import PrefixScheduler
 from dspark_jax.speculative import SpecStats, speculative_generate
 from dspark_jax.tree import TreeTemplate
 
@@ -86,7 +87,8 @@ def test_stop_tokens_and_budgets_per_row():
 def test_stats_by_hand():
     accepted = np.array([[3, 0, 2, -1], [1, 1, -1, -1]])
     confidence = np.arange(24, dtype=np.float32).reshape(2, 4, 3) / 24
-    s = SpecStats(accepted=accepted, confidence=confidence, depth=3, prefill_seconds=0.0, decode_seconds=1.0)
+    s = SpecStats(accepted=accepted, verified_depth=np.full_like(accepted, 3), confidence=confidence, depth=3,
+                  prefill_seconds=0.0, decode_seconds=1.0)
     assert s.target_steps == 4
     assert s.tau == pytest.approx(np.mean([4, 1, 3, 2, 2]))
     # position 1: 4 of 5 steps accepted it; position 2: 2 of those 4; position 3: 1 of those 2.
@@ -97,6 +99,13 @@ def test_stats_by_hand():
     np.testing.assert_allclose(conf * 24, [0, 1, 2, 3, 6, 7, 8, 12, 13, 15, 16])
     assert survived.tolist() == [1, 1, 1, 0, 1, 1, 0, 1, 0, 1, 0]
     assert position.tolist() == [1, 2, 3, 1, 1, 2, 3, 1, 2, 1, 2]
+    # A scheduler verified only 2 tokens at step (0, 0) and 1 at (1, 1): position 3 was not judged there,
+    # nor position 2 at (1, 1), where the row accepted everything it was shown.
+    cut = dataclasses.replace(s, verified_depth=np.array([[2, 3, 3, 3], [3, 1, 3, 3]]),
+                              accepted=np.array([[2, 0, 2, -1], [1, 1, -1, -1]]))
+    np.testing.assert_allclose(cut.accept_rate_by_position, [4 / 5, 2 / 3, 0 / 1])
+    assert cut.mean_verified_depth == pytest.approx(np.mean([2, 3, 3, 3, 1]))
+    assert cut.confidence_outcomes()[2].tolist() == [1, 2, 1, 1, 2, 3, 1, 2, 1]
 
 
 def test_partial_accept_leaves_the_cache_of_plain_decoding():
@@ -148,6 +157,25 @@ def test_one_compilation_whatever_the_acceptance(monkeypatch):
     assert len(traces) == 1
 
 
+@dataclasses.dataclass(frozen=True)
+class ParityConfidence:
+    """Another proposer's drafts with a confidence c_k = 0.9 when draft token k - 1 is even, else 0.2."""
+
+    inner: DraftModelProposer
+    capture_layers = ()
+
+    def init(self, params, prefilled, cache_size):
+        return self.inner.init(params, prefilled, cache_size)
+
+    def propose(self, params, state, context, template, sampling, key):
+        draft, state = self.inner.propose(params, state, context, template, sampling, key)
+        previous = jnp.concatenate([context.anchor[:, None], draft.tokens[:, :-1, 0]], axis=1)
+        return dataclasses.replace(draft, confidence=jnp.where(previous % 2 == 0, 0.9, 0.2)), state
+
+    def update(self, params, state, verified):
+        return self.inner.update(params, state, verified)
+
+
 def first_tokens(rows, count):
     return np.array([row[:count] for row in rows])
 
@@ -181,10 +209,18 @@ def test_sampling_matches_plain_sampling(monkeypatch):
     assert 1.3 < good_stats.tau < 3.0  # drafts are partly accepted, so both paths of the rule are exercised
     assert two_sample_p(plain, good) > 1e-3
 
+    # A scheduler cutting the drafts by confidences that depend on the previous draft token (as DSpark's do)
+    # keeps the distribution: here it verifies one token of two.
+    scheduled = speculative_generate(params, config, prompts, generation,
+                                     ParityConfidence(DraftModelProposer(draft_config)), draft_params,
+                                     TreeTemplate(2, 2), seed=2, schedule=PrefixScheduler((1.0, 1.1, 5.0)))
+    assert scheduled.stats.mean_verified_depth == 1.0 and scheduled.stats.tau > 1.2
+    assert two_sample_p(plain, first_tokens(scheduled.tokens, 3)) > 1e-3
+
     original = speculative.accept
-    def distorted(template, target_probs, node_tokens, main_probs, key):
+    def distorted(template, target_probs, node_tokens, main_probs, key, verify_depth):
         sharpened = main_probs**4 / jnp.sum(main_probs**4, axis=-1, keepdims=True)
-        return original(template, target_probs, node_tokens, sharpened, key)
+        return original(template, target_probs, node_tokens, sharpened, key, verify_depth)
     monkeypatch.setattr(speculative, "accept", distorted)
     speculative._generate.clear_cache()
     bad, _ = speculative_tokens()
