@@ -195,16 +195,17 @@ def _generate(decoder: SpecDecoder, params, proposer_params, prompt, prompt_leng
 _prefill = jax.jit(SpecDecoder.prefill, static_argnums=0)
 _run = jax.jit(SpecDecoder.run, static_argnums=0, donate_argnums=3)
 _step = jax.jit(SpecDecoder.step, static_argnums=0)
-_profiled: dict[SpecDecoder, PrefixScheduler] = {}
+_profiled: dict[tuple[SpecDecoder, tuple[int, ...]], PrefixScheduler] = {}
 
 
 def profile_scheduler(decoder: SpecDecoder, params: TransformerParams, proposer_params: Any, prompt: jax.Array,
                       prompt_lengths: jax.Array, key: jax.Array, repeats: int = 3) -> PrefixScheduler:
     """The scheduler with its cost table measured on this machine: the wall time of one whole engine step
     (draft, verify, accept, drafter update) verifying each depth 0..γ, best of `repeats`, from the state
-    after prefill. Measured once per decoder (shapes, drafter, sampling) and remembered."""
+    after prefill. Measured once per decoder (drafter, sampling, sizes) and prompt shape, and remembered."""
     decoder = dataclasses.replace(decoder, scheduler=None)
-    if decoder not in _profiled:
+    measured_for = (decoder, tuple(prompt.shape))
+    if measured_for not in _profiled:
         state = _prefill(decoder, params, proposer_params, prompt, prompt_lengths, key)
         seconds = []
         for depth in range(decoder.template.depth + 1):
@@ -216,8 +217,8 @@ def profile_scheduler(decoder: SpecDecoder, params: TransformerParams, proposer_
                 run()
                 times.append(time.perf_counter() - start)
             seconds.append(min(times))
-        _profiled[decoder] = PrefixScheduler(tuple(seconds))
-    return _profiled[decoder]
+        _profiled[measured_for] = PrefixScheduler(tuple(seconds))
+    return _profiled[measured_for]
 
 
 @dataclasses.dataclass(frozen=True)

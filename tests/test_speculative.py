@@ -108,6 +108,22 @@ def test_stats_by_hand():
     assert cut.confidence_outcomes()[2].tolist() == [1, 2, 1, 1, 2, 3, 1, 2, 1]
 
 
+def test_the_scheduler_is_profiled_per_batch_shape(monkeypatch):
+    """A step's cost depends on the batch: every prompt shape gets its own table, each measured once."""
+    config = tiny_config("llama")
+    params = init_params(config, jax.random.key(0), std=0.3)
+    steps = []
+    step = speculative._step
+    monkeypatch.setattr(speculative, "_step", lambda *args: steps.append(args[-1]) or step(*args))
+    generation = GenerationConfig(max_new_tokens=4)
+    tables = []
+    for prompts in (PROMPTS[:1], PROMPTS[:1] * 2, PROMPTS[:1]):  # same width, batch 1 and 2
+        decoder, prompt, lengths = speculative.prepare(config, prompts, generation, NgramProposer(), TreeTemplate(1, 2))
+        tables.append(speculative.profile_scheduler(decoder, params, None, prompt, lengths, jax.random.key(0)))
+    assert tables[0] is tables[2] and tables[1] is not tables[0]
+    assert [int(d) for d in steps] == [0] * 4 + [1] * 4 + [2] * 4 + [0] * 4 + [1] * 4 + [2] * 4  # warm-up + 3
+
+
 def test_partial_accept_leaves_the_cache_of_plain_decoding():
     config = tiny_config("gemma3")
     params = init_params(config, jax.random.key(0), std=0.3)

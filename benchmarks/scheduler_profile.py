@@ -1,0 +1,48 @@
+"""The hardware-aware scheduler's cost table on this machine: one engine step's wall time by verified depth.
+
+    .venv/bin/python benchmarks/scheduler_profile.py [--drafter dspark] [--batch-sizes 1,4,8] [--temperature 0]
+
+For each batch size, `profile_scheduler` times a whole step (draft, verify ℓ tokens per row, accept, drafter
+update) for ℓ = 0..γ, as `--schedule hardware` does at start, and prints it with the mean survival
+probability a_1 over the rows that verifying one token needs to raise throughput (Θ1 > Θ0 ⇔ 1 + a_1 > t1 / t0).
+Results: docs/results.md ("Confidence-scheduled verification").
+"""
+
+import argparse
+
+import jax
+
+from dspark_jax.drafter_choice import resolve_drafter
+from dspark_jax.evaluation import load_tasks
+from dspark_jax.generate import GenerationConfig
+from dspark_jax.sampling import SamplingConfig
+from dspark_jax.speculative import prepare, profile_scheduler
+from dspark_jax.target import describe_target, load_target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--drafter", default="dspark")
+    parser.add_argument("--batch-sizes", default="1,4,8")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    args = parser.parse_args()
+    spec = describe_target("default")
+    choice = resolve_drafter(args.drafter, spec)
+    target = load_target(spec)
+    proposer, proposer_params = choice.build(target)
+    tokenizer = target.tokenizer
+    prompts = [tokenizer.encode(tokenizer.chat_prompt(p)) for p in load_tasks(["mt-bench"])[0].prompts]
+    generation = GenerationConfig(args.max_new_tokens, SamplingConfig(args.temperature), tokenizer.eos_ids)
+    print(f"ms per step by verified depth ({args.drafter}, T = {args.temperature:g}, {choice.template.width}x"
+          f"{choice.template.depth})")
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        decoder, prompt, lengths = prepare(target.config, prompts[:batch], generation, proposer, choice.template)
+        seconds = profile_scheduler(decoder, target.params, proposer_params, prompt, lengths, jax.random.key(0))
+        cells = " ".join(f"{1000 * s:.1f}" for s in seconds.step_seconds)
+        need = seconds.step_seconds[1] / seconds.step_seconds[0] - 1
+        print(f"batch {batch}: {cells}   (depth 1 pays off when the mean a_1 > {need:.2f})")
+
+
+if __name__ == "__main__":
+    main()
