@@ -199,24 +199,29 @@ _profiled: dict[tuple[SpecDecoder, tuple[int, ...]], PrefixScheduler] = {}
 
 
 def profile_scheduler(decoder: SpecDecoder, params: TransformerParams, proposer_params: Any, prompt: jax.Array,
-                      prompt_lengths: jax.Array, key: jax.Array, repeats: int = 3) -> PrefixScheduler:
+                      prompt_lengths: jax.Array, key: jax.Array, repeats: int = 7) -> PrefixScheduler:
     """The scheduler with its cost table measured on this machine: the wall time of one whole engine step
-    (draft, verify, accept, drafter update) verifying each depth 0..γ, best of `repeats`, from the state
-    after prefill. Measured once per decoder (drafter, sampling, sizes) and prompt shape, and remembered."""
+    (draft, verify, accept, drafter update) verifying each depth 0..γ, from the state after prefill.
+    Measured once per decoder (drafter, sampling, sizes) and prompt shape, and remembered.
+
+    The first calls after compiling run slower, so every depth is warmed up twice before any is timed;
+    the timed calls then go round the depths `repeats` times, so drift on a busy machine hits all of them
+    alike, and each depth keeps its fastest call."""
     decoder = dataclasses.replace(decoder, scheduler=None)
     measured_for = (decoder, tuple(prompt.shape))
     if measured_for not in _profiled:
         state = _prefill(decoder, params, proposer_params, prompt, prompt_lengths, key)
-        seconds = []
-        for depth in range(decoder.template.depth + 1):
-            run = lambda: jax.block_until_ready(_step(decoder, params, proposer_params, state, jnp.int32(depth)))
-            run()  # compiles once, for every depth
-            times = []
-            for _ in range(repeats):
+        depths = range(decoder.template.depth + 1)
+        run = lambda depth: jax.block_until_ready(_step(decoder, params, proposer_params, state, jnp.int32(depth)))
+        for depth in depths:  # the first call compiles, once for every depth
+            run(depth)
+            run(depth)
+        seconds = [float("inf")] * len(depths)
+        for _ in range(repeats):
+            for depth in depths:
                 start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            seconds.append(min(times))
+                run(depth)
+                seconds[depth] = min(seconds[depth], time.perf_counter() - start)
         _profiled[measured_for] = PrefixScheduler(tuple(seconds))
     return _profiled[measured_for]
 

@@ -121,7 +121,8 @@ def test_the_scheduler_is_profiled_per_batch_shape(monkeypatch):
         decoder, prompt, lengths = speculative.prepare(config, prompts, generation, NgramProposer(), TreeTemplate(1, 2))
         tables.append(speculative.profile_scheduler(decoder, params, None, prompt, lengths, jax.random.key(0)))
     assert tables[0] is tables[2] and tables[1] is not tables[0]
-    assert [int(d) for d in steps] == [0] * 4 + [1] * 4 + [2] * 4 + [0] * 4 + [1] * 4 + [2] * 4  # warm-up + 3
+    warm, timed = [0, 0, 1, 1, 2, 2], [0, 1, 2] * 7  # two warm-up calls per depth, then 7 rounds
+    assert [int(d) for d in steps] == (warm + timed) * 2
 
 
 def test_partial_accept_leaves_the_cache_of_plain_decoding():
