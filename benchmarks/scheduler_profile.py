@@ -38,9 +38,10 @@ def main() -> None:
           f"{choice.template.depth})")
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         decoder, prompt, lengths = prepare(target.config, prompts[:batch], generation, proposer, choice.template)
-        seconds = profile_scheduler(decoder, target.params, proposer_params, prompt, lengths, jax.random.key(0))
-        cells = " ".join(f"{1000 * s:.1f}" for s in seconds.step_seconds)
-        need = seconds.step_seconds[1] / seconds.step_seconds[0] - 1
+        costs = profile_scheduler(decoder, target.params, proposer_params, prompt, lengths,
+                                  jax.random.key(0)).step_seconds
+        cells = " ".join(f"{1000 * s:.1f}" for s in costs)
+        need = costs[1] / costs[0] - 1
         print(f"batch {batch}: {cells}   (depth 1 pays off when the mean a_1 > {need:.2f})")
 
 

@@ -3,7 +3,7 @@
 Draft token j of row r survives verification with probability a_{r,j} = c_{r,1} ... c_{r,j} (the
 confidence head's chain rule), so verifying depth ℓ yields Σ_live (1 + Σ_{j<=ℓ} a_{r,j}) tokens in
 expectation, and one engine step that verifies ℓ tokens per row takes `step_seconds[ℓ]` (profiled once,
-`speculative.profile_step_seconds`). The scheduler picks the ℓ of highest expected throughput
+`speculative.profile_scheduler`). The scheduler picks the ℓ of highest expected throughput
 Θ(ℓ) = tokens(ℓ) / step_seconds[ℓ], admitting depths in order and stopping at the first one that does not
 raise Θ.
 
