@@ -5,7 +5,8 @@ confidence head's chain rule), so verifying depth ℓ yields Σ_live (1 + Σ_{j<
 expectation, and one engine step that verifies ℓ tokens per row takes `step_seconds[ℓ]` (profiled once,
 `speculative.profile_scheduler`). The scheduler picks the ℓ of highest expected throughput
 Θ(ℓ) = tokens(ℓ) / step_seconds[ℓ], admitting depths in order and stopping at the first one that does not
-raise Θ.
+raise Θ. The confidences are first calibrated by sequential temperature scaling when the drafter has a fit
+(`temperature_scaling.py`), since Θ needs the absolute survival probabilities, not just their order.
 
 The paper admits single (row, position) pairs into a ragged verify batch. Our verify pass has a static
 shape, every row padded to the same depth, so a step's cost depends on the depth alone and a row verifying
@@ -21,10 +22,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dspark_jax.temperature_scaling import SequentialTemperatures
+
 
 @dataclasses.dataclass(frozen=True)
 class PrefixScheduler:
     step_seconds: tuple[float, ...]  # one engine step verifying 0, 1, ..., γ draft tokens per row
+    calibration: SequentialTemperatures | None = None  # STS fit for the run's decoding temperature; None: raw c
 
     def __post_init__(self):
         if len(self.step_seconds) < 2 or min(self.step_seconds) <= 0:
@@ -36,6 +40,8 @@ class PrefixScheduler:
         depth = confidence.shape[1]
         if depth != len(self.step_seconds) - 1:
             raise ValueError(f"the scheduler was profiled for γ = {len(self.step_seconds) - 1}, the draft has {depth}")
+        if self.calibration is not None:
+            confidence = self.calibration.apply(confidence)
         survival = jnp.cumprod(jnp.clip(confidence.astype(jnp.float32), 0.0, 1.0), axis=1)
         survival = jnp.where(live[:, None], survival, 0.0)
         tokens = jnp.sum(live) + jnp.concatenate([jnp.zeros(1), jnp.cumsum(jnp.sum(survival, axis=0))])

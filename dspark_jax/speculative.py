@@ -29,6 +29,7 @@ from dspark_jax.models.transformer import forward, logits
 from dspark_jax.proposers.base import DraftContext, Prefilled, Proposer, Verified
 from dspark_jax.sampling import argmax, probabilities, sample
 from dspark_jax.scheduler import PrefixScheduler
+from dspark_jax.temperature_scaling import DrafterCalibration
 from dspark_jax.tree import TreeTemplate, verify_mask, verify_positions
 
 
@@ -278,6 +279,12 @@ class SpecStats:
         position = np.broadcast_to(k, judged.shape)
         return self.confidence[judged], survived[judged], position[judged]
 
+    def whole_drafts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(confidence float32[M, γ], accepted int32[M]) of every step that verified the whole draft of a
+        drafter with confidences: the samples sequential temperature scaling is fitted and judged on."""
+        whole = (self.accepted >= 0) & (self.verified_depth == self.depth) & ~np.isnan(self.confidence).any(-1)
+        return self.confidence[whole], self.accepted[whole]
+
 
 @dataclasses.dataclass(frozen=True)
 class SpecResult:
@@ -298,19 +305,26 @@ def prepare(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: Ge
 def speculative_generate(params: TransformerParams, model: ModelConfig, prompts: Sequence[Sequence[int]],
                          generation: GenerationConfig, proposer: Proposer, proposer_params: Any = None,
                          template: TreeTemplate = TreeTemplate(), seed: int = 0,
-                         split_timing: bool = False, schedule: PrefixScheduler | bool = False) -> SpecResult:
+                         split_timing: bool = False, schedule: PrefixScheduler | bool = False,
+                         calibration: DrafterCalibration | None = None) -> SpecResult:
     """Generated tokens per prompt and acceptance statistics.
 
     By default the whole generation is one device call. `split_timing=True` runs prefill and the decode
     loop as two calls (still no host round trip per step) so their wall times can be reported apart.
     `schedule` verifies, each step, only the draft prefix the hardware-aware scheduler picks from the
     drafter's confidences (DSpark): True profiles the step costs on the first such call of this shape
-    (`profile_scheduler`), a PrefixScheduler brings its own.
+    (`profile_scheduler`) and calibrates the confidences with the drafter's STS fit for this decoding
+    temperature from `calibration` (raw confidences without one); a PrefixScheduler brings its own costs and
+    calibration. Unscheduled runs ignore `calibration`.
     """
+    if isinstance(schedule, PrefixScheduler) and calibration is not None and calibration.fits:
+        raise ValueError("a PrefixScheduler carries its own calibration: pass schedule=True to use `calibration`")
     decoder, prompt, lengths = prepare(model, prompts, generation, proposer, template)
     key = jax.random.key(seed)
     if schedule is True:
-        schedule = profile_scheduler(decoder, params, proposer_params, prompt, lengths, key)
+        fit = calibration.for_temperature(generation.sampling.temperature) if calibration is not None else None
+        schedule = dataclasses.replace(profile_scheduler(decoder, params, proposer_params, prompt, lengths, key),
+                                       calibration=fit)
     if schedule:
         decoder = dataclasses.replace(decoder, scheduler=schedule)
     start = time.perf_counter()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dspark_jax.scheduler import PrefixScheduler
+from dspark_jax.temperature_scaling import SequentialTemperatures
 
 
 def depth(scheduler, confidence, live=None):
@@ -49,12 +50,23 @@ def test_admitting_depth_j_never_looks_at_later_confidences():
         gamma, rows = rng.integers(1, 8), rng.integers(1, 4)
         seconds = tuple(np.cumsum(rng.uniform(0.05, 1.0, gamma + 1)))
         scheduler = PrefixScheduler(seconds)
+        if rng.uniform() < 0.5:  # STS calibration is per position, so it keeps the property
+            scheduler = PrefixScheduler(seconds, SequentialTemperatures(tuple(rng.uniform(0.2, 5.0, gamma))))
         confidence = rng.uniform(0, 1, (rows, gamma))
         chosen = depth(scheduler, confidence)
         for j in range(gamma):
             changed = confidence.copy()
             changed[:, j + 1:] = rng.uniform(0, 1, (rows, gamma - j - 1))
             assert min(depth(scheduler, changed), j + 1) == min(chosen, j + 1)
+
+
+def test_calibrated_confidences_decide():
+    """c = 0.6 and t = (1, 1.55): raw, Θ1 = 1.6 / 1.55 > 1 verifies a token; STS with T = 3 (the head was
+    overconfident) makes c = σ(logit(0.6) / 3) = 0.534 and Θ1 = 0.99 < 1, so nothing is verified."""
+    assert depth(PrefixScheduler((1.0, 1.55)), [[0.6]]) == 1
+    assert depth(PrefixScheduler((1.0, 1.55), SequentialTemperatures((3.0,))), [[0.6]]) == 0
+    # A fit deeper than the draft serves it (positions are fitted left to right).
+    assert depth(PrefixScheduler((1.0, 1.55), SequentialTemperatures((3.0, 1.0, 1.0))), [[0.6]]) == 0
 
 
 def test_bad_tables_are_refused():

@@ -19,6 +19,7 @@ from dspark_jax.proposers.ngram import NgramProposer
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.scheduler import PrefixScheduler
 from dspark_jax.speculative import SpecStats, speculative_generate
+from dspark_jax.temperature_scaling import DrafterCalibration, SequentialTemperatures
 from dspark_jax.tree import TreeTemplate
 
 PROMPTS = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [9],
@@ -106,6 +107,15 @@ def test_stats_by_hand():
     np.testing.assert_allclose(cut.accept_rate_by_position, [4 / 5, 2 / 3, 0 / 1])
     assert cut.mean_verified_depth == pytest.approx(np.mean([2, 3, 3, 3, 1]))
     assert cut.confidence_outcomes()[2].tolist() == [1, 2, 1, 1, 2, 3, 1, 2, 1]
+    # STS fits on the steps whose draft was verified whole: all five live ones, and three of them once cut.
+    conf, lengths = s.whole_drafts()
+    np.testing.assert_allclose(conf, confidence.reshape(8, 3)[[0, 1, 2, 4, 5]])
+    assert lengths.tolist() == [3, 0, 2, 1, 1]
+    conf, lengths = cut.whole_drafts()
+    np.testing.assert_allclose(conf, confidence.reshape(8, 3)[[1, 2, 4]])
+    assert lengths.tolist() == [0, 2, 1]
+    no_head = dataclasses.replace(s, confidence=np.full_like(confidence, np.nan))
+    assert no_head.whole_drafts()[1].size == 0
 
 
 def test_the_scheduler_is_profiled_per_batch_shape(monkeypatch):
@@ -191,6 +201,31 @@ class ParityConfidence:
 
     def update(self, params, state, verified):
         return self.inner.update(params, state, verified)
+
+
+def test_the_profiled_scheduler_uses_the_fit_for_the_decoding_temperature(monkeypatch):
+    """Step costs (1, 1.6, 2.2): raw confidences 0.9 make verifying pay (Θ1 = 1.9 / 1.6); an STS fit with
+    T = 10 flattens them to 0.55 (Θ1 < 1), so nothing is verified, and the output stays the target's."""
+    config = tiny_config("llama")
+    params = init_params(config, jax.random.key(0), std=0.3)
+    draft_config, draft_params = truncated(params, config, 1)
+    proposer = ParityConfidence(DraftModelProposer(draft_config))
+    monkeypatch.setattr(speculative, "profile_scheduler", lambda *args: PrefixScheduler((1.0, 1.6, 2.2)))
+    generation = GenerationConfig(max_new_tokens=12)
+    expected = generate(params, config, PROMPTS, generation)
+    flat = SequentialTemperatures((10.0, 10.0))
+    run = lambda calibration: speculative_generate(params, config, PROMPTS, generation, proposer, draft_params,
+                                                   TreeTemplate(1, 2), schedule=True, calibration=calibration)
+    raw = run(None)
+    calibrated = run(DrafterCalibration(()).with_fit(0.0, flat))
+    other_temperature = run(DrafterCalibration(()).with_fit(1.0, flat))
+    assert raw.tokens == calibrated.tokens == other_temperature.tokens == expected
+    assert calibrated.stats.mean_verified_depth == 0 < raw.stats.mean_verified_depth
+    assert other_temperature.stats.mean_verified_depth == raw.stats.mean_verified_depth
+    with pytest.raises(ValueError, match="carries its own calibration"):
+        speculative_generate(params, config, PROMPTS, generation, proposer, draft_params, TreeTemplate(1, 2),
+                             schedule=PrefixScheduler((1.0, 1.6, 2.2)),
+                             calibration=DrafterCalibration(()).with_fit(0.0, flat))
 
 
 def first_tokens(rows, count):
