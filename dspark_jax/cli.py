@@ -8,7 +8,7 @@ import time
 
 import jax.numpy as jnp
 
-from dspark_jax import eval_commands, speculative, train_commands
+from dspark_jax import calibrate_command, eval_commands, speculative, train_commands
 from dspark_jax.drafter_choice import SCHEDULES, resolve_drafter
 from dspark_jax.generate import GenerationConfig, generate_stream, pad_prompts
 from dspark_jax.models.sharding import make_mesh
@@ -68,6 +68,8 @@ def _generate(args: argparse.Namespace) -> None:
         raise ValueError("--schedule hardware needs a drafter with a confidence head: --drafter dspark")
     if choice is not None:
         choice = choice.with_schedule(args.schedule)
+        if note := choice.calibration_note(args.temperature):
+            print(note, file=sys.stderr)
     pad_prompts(spec.config, prompts, generation, reserve=choice.template.num_nodes if choice else 0)
     mesh = make_mesh(*args.mesh) if args.mesh else None
 
@@ -96,7 +98,7 @@ def _generate(args: argparse.Namespace) -> None:
 def _speculate(args, target, prompts, generation, proposer, draft_params, choice) -> None:
     result = speculative.speculative_generate(target.params, target.config, prompts, generation, proposer,
                                               draft_params, choice.template, seed=args.seed, split_timing=True,
-                                              schedule=choice.scheduled)
+                                              schedule=choice.scheduled, calibration=choice.calibration)
     for i, row in enumerate(result.tokens):
         if len(prompts) > 1:
             print(f"--- [{i}] {args.prompt[i]!r}")
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dspark-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
-    commands = {"generate": _generate} | train_commands.add_commands(sub) | eval_commands.add_commands(sub)
+    commands = ({"generate": _generate} | train_commands.add_commands(sub) | eval_commands.add_commands(sub)
+                | calibrate_command.add_commands(sub))
     args = parser.parse_args(argv)
     try:
         commands[args.command](args)

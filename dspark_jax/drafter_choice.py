@@ -20,6 +20,7 @@ from dspark_jax.proposers.draft_model import DraftModelProposer
 from dspark_jax.proposers.ngram import NgramProposer
 from dspark_jax.proposers.trained import drafter_proposer
 from dspark_jax.target import Target, TargetSpec, describe_target, load_target
+from dspark_jax.temperature_scaling import DrafterCalibration
 from dspark_jax.tree import TreeTemplate
 
 DEFAULT_DEPTH = 7
@@ -35,6 +36,23 @@ class DrafterChoice:
     build: Callable[[Target], tuple[Any, Any]]  # target -> (proposer, proposer params)
     has_confidence: bool = False  # the drafter scores its drafts (DSpark's confidence head)
     scheduled: bool = False  # verify only the prefix the hardware-aware scheduler picks
+    calibration: DrafterCalibration = DrafterCalibration(())  # STS fits of the confidence head
+    directory: Path | None = None  # where an exported drafter lives
+
+    def calibration_note(self, temperature: float) -> str | None:
+        """Why a scheduled run at this decoding temperature will use raw confidences, or None. Raises when
+        the fit is shallower than the draft."""
+        fit = self.calibration.for_temperature(temperature)
+        if not self.scheduled or fit is not None:
+            if fit is not None and self.scheduled and fit.depth < self.template.depth:
+                raise ValueError(f"{self.name}'s STS calibration covers draft depth {fit.depth}, not "
+                                 f"{self.template.depth}: recalibrate with `dspark-jax calibrate --gamma "
+                                 f"{self.template.depth}` or draft at most {fit.depth} tokens")
+            return None
+        fitted = ", ".join(f"{t:g}" for t, _ in self.calibration.fits) or "none"
+        return (f"note: {self.name} has no STS calibration for temperature {temperature:g} (calibrated: {fitted}); "
+                f"the scheduler uses raw confidences. `dspark-jax calibrate --drafter {self.directory or self.name} "
+                f"--temperatures {temperature:g}` fits one")
 
     def with_schedule(self, schedule: str) -> DrafterChoice:
         """This drafter under `schedule` (one of SCHEDULES); the scheduled variant is named NAME+scheduler."""
@@ -107,4 +125,7 @@ def _exported(directory: Path, name: str, spec: TargetSpec, depth: int | None, t
         model = import_drafter(directory, target.config, target.params)
         return drafter_proposer(target.config, model, target.params)
 
-    return DrafterChoice(name, template(block_size), build, has_confidence=meta["kind"] == "dspark")
+    has_confidence = meta["kind"] == "dspark"
+    calibration = DrafterCalibration.read(directory) if has_confidence else DrafterCalibration(())
+    return DrafterChoice(name, template(block_size), build, has_confidence, calibration=calibration,
+                         directory=directory)

@@ -23,7 +23,7 @@ from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
 from dspark_jax.tree import TreeTemplate
 
 
-def _list(kind):
+def comma_list(kind):
     def parse(text: str):
         try:
             return tuple(kind(x) for x in text.split(",") if x)
@@ -35,7 +35,7 @@ def _list(kind):
 def add_commands(sub: argparse._SubParsersAction) -> dict:
     p = sub.add_parser("eval", help="tau, accept rates, speedup, calibration and losslessness per task")
     _common(p)
-    p.add_argument("--tasks", type=_list(str), default=TASKS,
+    p.add_argument("--tasks", type=comma_list(str), default=TASKS,
                    help=f"comma-separated shipped tasks ({','.join(TASKS)}) or JSONL files of {{\"turns\": [...]}}")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -48,27 +48,27 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p = sub.add_parser("bench", help="tokens/s of autoregressive decoding vs each drafter, batch x temperature")
     _common(p)
     p.add_argument("--task", default="mt-bench", help="prompts to decode (shipped task or JSONL file)")
-    p.add_argument("--batch-sizes", type=_list(int), default=(1, 4, 8))
-    p.add_argument("--temperatures", type=_list(float), default=(0.0, 1.0))
+    p.add_argument("--batch-sizes", type=comma_list(int), default=(1, 4, 8))
+    p.add_argument("--temperatures", type=comma_list(float), default=(0.0, 1.0))
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--output", type=Path, default=None, help="also write the rows as JSON here")
     return {"eval": evaluate_command, "bench": bench_command}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--drafter", type=_list(str), default=("default",),
+    p.add_argument("--drafter", type=comma_list(str), default=("default",),
                    help="comma-separated drafters: default, dspark, dflash, eagle3 (shipped), ngram, model:PATH or "
                         "exported drafter directories")
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--gamma", type=int, default=None)
     p.add_argument("--tree", type=TreeTemplate.parse, default=None)
-    p.add_argument("--schedule", type=_list(str), default=("full",),
+    p.add_argument("--schedule", type=comma_list(str), default=("full",),
                    help="comma-separated: full (verify the whole draft) and/or hardware (DSpark's hardware-aware "
                         "prefix scheduler); a drafter with a confidence head runs once per schedule, others once")
     p.add_argument("--seed", type=int, default=0)
 
 
-def _methods(args: argparse.Namespace, spec):
+def _methods(args: argparse.Namespace, spec, temperatures: tuple[float, ...]):
     choices = [resolve_drafter(d, spec, args.gamma, args.tree) for d in args.drafter]
     if any(c is None for c in choices):
         raise ValueError("every --drafter must name a drafter (none / default without a shipped drafter cannot "
@@ -79,11 +79,13 @@ def _methods(args: argparse.Namespace, spec):
     names = [c.name for c in choices]
     if len(set(names)) != len(names):
         raise ValueError(f"drafter names must differ, got {names}")
+    for note in filter(None, (c.calibration_note(t) for c in choices for t in temperatures)):
+        print(note, file=sys.stderr)
     return choices
 
 
 def _build(choices, target) -> list[Method]:
-    return [Method(c.name, *c.build(target), c.template, c.scheduled) for c in choices]
+    return [Method(c.name, *c.build(target), c.template, c.scheduled, c.calibration) for c in choices]
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
@@ -93,7 +95,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     tasks = load_tasks(list(args.tasks), args.limit)
     spec = describe_target(args.target)
-    choices = _methods(args, spec)
+    choices = _methods(args, spec, (args.temperature,))
     target = load_target(spec)
     results = Evaluator(target, config, tasks).evaluate(_build(choices, target))
     written = write_report(results, args.output)
@@ -110,7 +112,7 @@ def bench_command(args: argparse.Namespace) -> None:
     if len(task.prompts) < max(args.batch_sizes):
         raise ValueError(f"task {task.name} has {len(task.prompts)} prompts, fewer than batch {max(args.batch_sizes)}")
     spec = describe_target(args.target)
-    choices = _methods(args, spec)
+    choices = _methods(args, spec, args.temperatures)
     target = load_target(spec)
     rows = benchmark(target, _build(choices, target), task, args.batch_sizes, args.temperatures, args.max_new_tokens)
     names = [c.name for c in choices]

@@ -62,6 +62,14 @@ def markdown(results: dict) -> str:
                         + [f"{_mean([r[m] for r in per_task]):.3f}" for m in ("ece", "auroc", "brier")])
         out += [f"\n### Confidence calibration of {d} (raw head, mean over tasks)\n\n",
                 _table(["position", "n", "ECE", "AUROC", "Brier"], rows)]
+    for d in [d for d in drafters if results["tasks"][tasks[0]][d].get("survival_ece")]:
+        per_task = [results["tasks"][t][d]["survival_ece"] for t in tasks]
+        has_sts = per_task[0]["sts"] is not None
+        rows = [[str(k + 1), f"{_mean([r['raw'][k] for r in per_task]):.3f}"]
+                + ([f"{_mean([r['sts'][k] for r in per_task]):.3f}"] if has_sts else [])
+                for k in range(len(per_task[0]["raw"]))]
+        out += [f"\n### Prefix survival calibration of {d} (ECE of a_k = c_1...c_k on whole drafts, mean over "
+                "tasks)\n\n", _table(["position k", "raw", *(["with STS"] if has_sts else [])], rows)]
     return "".join(out)
 
 

@@ -5,7 +5,8 @@ chat-formatted with the target's template and answered by autoregressive decodin
 the same sampling settings. Per drafter and task: τ (bonus token included), proposals (verify steps),
 accept rate by position, verify rate (target verify passes per generated token, 1/τ up to budget cuts),
 tokens/s and the speedup over the autoregressive run measured beside it, the calibration of the confidence
-head when the drafter has one, and the losslessness check: greedy output equal to the target's own.
+head when the drafter has one (per position, and of the prefix survival products the scheduler uses, raw and
+with the drafter's STS fit), and the losslessness check: greedy output equal to the target's own.
 
 Timing excludes compilation: all prompts pad to one width, so each method compiles once, on a warm-up
 call before its first timed task.
@@ -28,6 +29,7 @@ from dspark_jax.generate import GenerationConfig, bucketed_width, generate
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.speculative import SpecStats, speculative_generate
 from dspark_jax.target import Target
+from dspark_jax.temperature_scaling import DrafterCalibration, SequentialTemperatures, survival_ece
 from dspark_jax.tree import TreeTemplate
 
 # The greedy losslessness check of a sampled evaluation: a few prompts, a short budget.
@@ -81,6 +83,7 @@ class Method:
     params: Any
     template: TreeTemplate
     scheduled: bool = False  # verify only the prefix the hardware-aware scheduler picks (speculative_generate)
+    calibration: DrafterCalibration = DrafterCalibration(())  # STS fits of the confidence head, for the scheduler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,20 +94,29 @@ class EvalConfig:
     seed: int = 0
 
 
-def merge_stats(stats: list[SpecStats]) -> SpecStats:
-    """One SpecStats over several generations (steps padded with idle entries)."""
+def merge_stats(stats: list[SpecStats], rows: int | None = None) -> SpecStats:
+    """One SpecStats over several generations (steps padded with idle entries), keeping the first `rows`
+    rows (the rest repeat prompts to fill the last batch)."""
     steps = max(s.accepted.shape[1] for s in stats)
     pad = lambda a, value: np.pad(a, [(0, 0), (0, steps - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
                                   constant_values=value)
-    return SpecStats(accepted=np.concatenate([pad(s.accepted, -1) for s in stats]),
-                     verified_depth=np.concatenate([pad(s.verified_depth, 0) for s in stats]),
-                     confidence=np.concatenate([pad(s.confidence, np.nan) for s in stats]),
+    merged = lambda field, value: np.concatenate([pad(getattr(s, field), value) for s in stats])[:rows]
+    return SpecStats(accepted=merged("accepted", -1), verified_depth=merged("verified_depth", 0),
+                     confidence=merged("confidence", np.nan),
                      depth=stats[0].depth, prefill_seconds=sum(s.prefill_seconds for s in stats),
                      decode_seconds=sum(s.decode_seconds for s in stats))
 
 
-def drafter_metrics(stats: SpecStats, generated_tokens: int) -> dict:
+def drafter_metrics(stats: SpecStats, generated_tokens: int, fit: SequentialTemperatures | None = None) -> dict:
+    """`fit`: the drafter's STS calibration for this decoding temperature, judged on the drafts of a run that
+    verified every draft whole (a scheduler's whole drafts are a sample it chose, not a test set)."""
     confidence, survived, position = stats.confidence_outcomes()
+    whole_confidence, whole_accepted = stats.whole_drafts()
+    survival = None
+    if whole_accepted.size and stats.mean_verified_depth == stats.depth:
+        survival = {"raw": survival_ece(whole_confidence, whole_accepted).tolist(),
+                    "sts": (survival_ece(np.asarray(fit.apply(whole_confidence)), whole_accepted).tolist()
+                            if fit is not None else None)}
     proposals = int(stats.acceptance_lengths.size)
     return {
         "tau": stats.tau,
@@ -117,6 +129,7 @@ def drafter_metrics(stats: SpecStats, generated_tokens: int) -> dict:
         "reliability": ({k: np.asarray(v).tolist()
                          for k, v in dataclasses.asdict(reliability_bins(confidence, survived)).items()}
                         if confidence.size else None),
+        "survival_ece": survival,
     }
 
 
@@ -142,8 +155,10 @@ class Evaluator:
         return batches
 
     def run(self, method: Method | None, prompts: list[list[int]], max_new_tokens: int,
-            sampling: SamplingConfig, timed: bool = True) -> tuple[list[list[int]], float, SpecStats | None]:
-        """(tokens per prompt, seconds, merged stats or None for autoregressive decoding)."""
+            sampling: SamplingConfig, timed: bool = True,
+            progress: str | None = None) -> tuple[list[list[int]], float, SpecStats | None]:
+        """(tokens per prompt, seconds, merged stats or None for autoregressive decoding); `progress` names a
+        progress bar over the batches."""
         generation = self._generation(max_new_tokens, sampling)
         key = f"{method.name if method else 'ar'}/{max_new_tokens}/{sampling}"
         batches = self._batches(prompts)
@@ -151,12 +166,12 @@ class Evaluator:
                               if method is None else
                               speculative_generate(self.target.params, self.target.config, batch, generation,
                                                    method.proposer, method.params, method.template, self.config.seed,
-                                                   schedule=method.scheduled))
+                                                   schedule=method.scheduled, calibration=method.calibration))
         if timed and key not in self.warm:
             call(batches[0])  # compile outside the timed region
         self.warm.add(key)
         tokens, stats, start = [], [], time.perf_counter()
-        for batch in batches:
+        for batch in tqdm(batches, desc=progress, disable=progress is None):
             out = call(batch)
             if method is None:
                 tokens += out
@@ -164,7 +179,7 @@ class Evaluator:
                 tokens += out.tokens
                 stats.append(out.stats)
         seconds = time.perf_counter() - start
-        return tokens[: len(prompts)], seconds, (merge_stats(stats) if stats else None)
+        return tokens[: len(prompts)], seconds, (merge_stats(stats, rows=len(prompts)) if stats else None)
 
     def evaluate(self, methods: list[Method], progress: bool = True) -> dict:
         """{"tasks": {task: {"autoregressive": {...}, drafter: {...}}}, "settings": {...}}."""
@@ -193,7 +208,8 @@ class Evaluator:
                     lossless = self.run(method, check, LOSSLESS_TOKENS, SamplingConfig(), timed=False)[0] == reference
                 task_results[method.name] = {
                     "tokens": count, "seconds": seconds, "tokens_per_s": count / seconds,
-                    "speedup": (count / seconds) / ar_rate, "lossless": lossless, **drafter_metrics(stats, count),
+                    "speedup": (count / seconds) / ar_rate, "lossless": lossless,
+                    **drafter_metrics(stats, count, method.calibration.for_temperature(config.sampling.temperature)),
                 }
                 bar.update()
             results[task] = task_results

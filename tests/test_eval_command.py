@@ -1,17 +1,21 @@
 """`dspark-jax eval` and `bench` end to end on a tiny target: report files, metrics and the lossless check."""
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flax import nnx
 
 from dspark_jax import cli
-from dspark_jax.evaluation import load_tasks
+from dspark_jax.evaluation import load_tasks, merge_stats
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.drafter_checkpoint import export_drafter
+from dspark_jax.speculative import SpecStats
 from dspark_jax.target import load_target
+from dspark_jax.temperature_scaling import DrafterCalibration, SequentialTemperatures
 
 TINY = str(Path(__file__).parent / "data" / "tiny" / "gemma3")
 
@@ -101,3 +105,73 @@ def test_user_task_files_are_validated(tmp_path):
     with pytest.raises(ValueError, match="non-empty string"):
         load_tasks([str(empty_turn)])
     assert [t.name for t in load_tasks(["gsm8k", "humaneval"], limit=3)] == ["gsm8k", "humaneval"]
+
+
+@pytest.fixture
+def drafter_copy(drafter_dir, tmp_path):
+    """A private copy: calibrating writes into the drafter's directory."""
+    return Path(shutil.copytree(drafter_dir, tmp_path / "tiny-dspark"))
+
+
+def test_calibrate_fits_what_eval_then_measures(drafter_copy, tmp_path, capsys):
+    """The fit is stored per decoding temperature; eval decoding the same prompts the same way sees the same
+    whole drafts, so its survival ECE (raw and with STS) repeats the one calibrate printed."""
+    prompts = tmp_path / "held_out.jsonl"
+    prompts.write_text("".join(json.dumps({"turns": [t]}) + "\n" for t in ("Hello there.", "Name a colour.", "2+2?")))
+    cli.main(["calibrate", "--target", TINY, "--drafter", str(drafter_copy), "--prompts", str(prompts),
+              "--temperatures", "0,1", "--max-new-tokens", "8", "--batch-size", "1"])
+    printed = capsys.readouterr().out
+    calibration = DrafterCalibration.read(drafter_copy)
+    assert [t for t, _ in calibration.fits] == [0.0, 1.0] and all(fit.depth == 3 for _, fit in calibration.fits)
+    greedy_table = printed.split("temperature 0:")[1].split("temperature 1:")[0]
+    rows = [line.split("|")[1:-1] for line in greedy_table.splitlines()
+            if line.startswith("| ") and "position" not in line]
+    assert [int(r[0]) for r in rows] == [1, 2, 3]
+    assert [float(r[3]) for r in rows] == pytest.approx(calibration.for_temperature(0).temperatures, rel=1e-2)
+    raw, with_sts = [float(r[4]) for r in rows], [float(r[5]) for r in rows]
+    assert all(s <= r for s, r in zip(with_sts, raw))
+
+    out = tmp_path / "report"
+    cli.main(["eval", "--target", TINY, "--drafter", str(drafter_copy), "--tasks", str(prompts),
+              "--max-new-tokens", "8", "--schedule", "full,hardware", "--output", str(out)])
+    captured = capsys.readouterr()
+    assert "no STS calibration" not in captured.err and "Prefix survival calibration of tiny-dspark" in captured.out
+    measured = json.loads((out / "results.json").read_text())["tasks"]["held_out"]["tiny-dspark"]["survival_ece"]
+    assert measured["raw"] == pytest.approx(raw, abs=1e-3) and measured["sts"] == pytest.approx(with_sts, abs=1e-3)
+
+
+def test_scheduling_without_a_fit_says_so(drafter_copy, tmp_path, capsys):
+    argv = ["eval", "--target", TINY, "--drafter", str(drafter_copy), "--tasks", "gsm8k", "--limit", "1",
+            "--max-new-tokens", "4", "--schedule", "hardware", "--output", str(tmp_path / "report")]
+    cli.main(argv)
+    note = "tiny-dspark+scheduler has no STS calibration for temperature 0 (calibrated: none)"
+    assert note in capsys.readouterr().err
+    DrafterCalibration(()).with_fit(1.0, SequentialTemperatures((1.0, 1.0, 1.0))).write(drafter_copy)
+    cli.main([*argv, "--temperature", "0.5"])
+    assert "for temperature 0.5 (calibrated: 1)" in capsys.readouterr().err
+    # A fit shallower than the draft is refused before anything loads.
+    DrafterCalibration(()).with_fit(0.0, SequentialTemperatures((1.0, 1.0))).write(drafter_copy)
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert "covers draft depth 2, not 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--drafter", "ngram"], "not a DSpark drafter directory"),
+    (["--limit", "0"], "--limit must be >= 1"),
+    (["--temperatures", ""], "at least one decoding temperature"),
+    (["--prompts", "nosuch.jsonl"], "neither a shipped task"),
+])
+def test_bad_calibrate_requests_fail_before_loading(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["calibrate", "--target", TINY, *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_merged_stats_drop_the_rows_that_fill_the_last_batch():
+    batch = lambda accepted: SpecStats(np.array(accepted), np.full_like(np.array(accepted), 2),
+                                       np.full((*np.shape(accepted), 2), 0.5, np.float32), 2, 1.0, 2.0)
+    merged = merge_stats([batch([[2, 0], [1, -1]]), batch([[0, 1, 1], [0, 1, 1]])], rows=3)  # row 4 repeats row 3
+    assert merged.accepted.tolist() == [[2, 0, -1], [1, -1, -1], [0, 1, 1]]
+    assert merged.confidence.shape == (3, 3, 2) and np.isnan(merged.confidence[0, 2]).all()
+    assert merged.tau == np.mean([3, 1, 2, 1, 2, 2]) and merged.decode_seconds == 4.0

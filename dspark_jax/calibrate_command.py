@@ -1,0 +1,99 @@
+"""`dspark-jax calibrate`: fit sequential temperature scaling for a DSpark drafter's scheduler.
+
+    dspark-jax calibrate --drafter dspark --temperatures 0,1 --limit 32
+
+Decodes held-out prompts (by default ShareGPT's held-out split, which no drafter trains on) with whole
+drafts verified, fits the per-position temperatures (`temperature_scaling.py`) for each decoding
+temperature, and stores them in the drafter's directory (`sts.json`), where `--schedule hardware` finds
+them. Each temperature's fit is written as soon as it is done, so a killed run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from dspark_jax.drafter_choice import resolve_drafter
+from dspark_jax.eval_commands import comma_list
+from dspark_jax.evaluation import EvalConfig, Evaluator, Method, Task, load_tasks
+from dspark_jax.sampling import SamplingConfig
+from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
+from dspark_jax.temperature_scaling import CALIBRATION_FILE, fit_sequential_temperatures, survival_ece
+from dspark_jax.train.sharegpt import first_turns, split
+
+HELD_OUT = "sharegpt"
+
+
+def add_commands(sub: argparse._SubParsersAction) -> dict:
+    p = sub.add_parser("calibrate", help="fit the STS temperatures a DSpark drafter's scheduler uses")
+    p.add_argument("--drafter", default="dspark",
+                   help="dspark (the shipped one) or an exported DSpark drafter directory")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--prompts", default=HELD_OUT,
+                   help=f"{HELD_OUT} (ShareGPT's held-out split) or a JSONL file of {{\"turns\": [...]}}")
+    p.add_argument("--limit", type=int, default=32, help="prompts to decode")
+    p.add_argument("--max-prompt-tokens", type=int, default=256, help="skip longer prompts (chat-formatted)")
+    p.add_argument("--temperatures", type=comma_list(float), default=(0.0, 1.0),
+                   help="decoding temperatures to fit, comma-separated; a scheduled run uses its own one's fit")
+    p.add_argument("--gamma", type=int, default=None, help="draft depth to fit (default: the drafter's block size)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    return {"calibrate": calibrate_command}
+
+
+def _prompts(source: str) -> tuple[str, ...]:
+    if source == HELD_OUT:
+        return tuple(split(first_turns())[1])
+    return load_tasks([source])[0].prompts
+
+
+def calibrate_command(args: argparse.Namespace) -> None:
+    for name in ("limit", "max_prompt_tokens", "max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    samplings = [SamplingConfig(t) for t in args.temperatures]
+    if not samplings:
+        raise ValueError("--temperatures needs at least one decoding temperature")
+    texts = _prompts(args.prompts)
+    spec = describe_target(args.target)
+    choice = resolve_drafter(args.drafter, spec, args.gamma)
+    if choice is None or not choice.has_confidence or choice.directory is None:
+        raise ValueError(f"--drafter {args.drafter} is not a DSpark drafter directory: only DSpark has a confidence "
+                         "head to calibrate")
+    if not os.access(choice.directory, os.W_OK):
+        raise ValueError(f"cannot write {choice.directory / CALIBRATION_FILE}: copy the drafter directory somewhere "
+                         "writable and pass that")
+    tokenizer = spec.tokenizer
+    prompts = [p for p in texts
+               if len(tokenizer.encode(tokenizer.chat_prompt(p))) <= args.max_prompt_tokens][: args.limit]
+    if not prompts:
+        raise ValueError(f"no prompt of {args.prompts} fits --max-prompt-tokens {args.max_prompt_tokens}")
+
+    target = load_target(spec)
+    method = Method(choice.name, *choice.build(target), choice.template)
+    config = EvalConfig(args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+    evaluator = Evaluator(target, config, [Task("calibration", tuple(prompts))])
+    calibration = choice.calibration
+    print(f"{choice.name}: {len(prompts)} prompts of {args.prompts}, {args.max_new_tokens} new tokens, "
+          f"γ = {choice.template.depth}, whole drafts verified")
+    for sampling in samplings:
+        _, _, stats = evaluator.run(method, evaluator.prompts["calibration"], args.max_new_tokens, sampling,
+                                    timed=False, progress=f"temperature {sampling.temperature:g}")
+        confidence, accepted = stats.whole_drafts()
+        fit = fit_sequential_temperatures(confidence, accepted)
+        calibration = calibration.with_fit(sampling.temperature, fit)
+        calibration.write(choice.directory)
+        raw, calibrated = survival_ece(confidence, accepted), survival_ece(np.asarray(fit.apply(confidence)), accepted)
+        print(f"\ntemperature {sampling.temperature:g}: {len(accepted)} drafts")
+        print("| position k | P(first k accepted) | mean raw a_k | T_k | ECE of a_k raw | ECE of a_k with STS |")
+        print("|---|---|---|---|---|---|")
+        survival = np.cumprod(confidence, axis=1).mean(axis=0)
+        for k in range(choice.template.depth):
+            print(f"| {k + 1} | {np.mean(accepted >= k + 1):.3f} | {survival[k]:.3f} | {fit.temperatures[k]:.3g} "
+                  f"| {raw[k]:.3f} | {calibrated[k]:.3f} |")
+    print(f"\nwrote {choice.directory / CALIBRATION_FILE}", file=sys.stderr)
+
