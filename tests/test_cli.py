@@ -132,3 +132,11 @@ def test_exported_drafter_checks_its_target(tmp_path, capsys):
     code, err = run_cli(["--target", str(TINY / "llama"), "--prompt", "hi", "--gamma", "5",
                          "--drafter", str(tmp_path / "drafter")], capsys)
     assert code == 2 and "blocks of 3 tokens" in err
+
+
+def test_scheduling_an_uncalibrated_drafter_says_so(tmp_path, capsys, no_loading):
+    export_tiny_drafter(tmp_path / "drafter")
+    with pytest.raises(AssertionError, match="weights were loaded"):  # no_loading stops it right after the note
+        cli.main(["generate", "--target", str(TINY / "llama"), "--prompt", "hi", "--schedule", "hardware",
+                  "--drafter", str(tmp_path / "drafter")])
+    assert "drafter+scheduler has no STS calibration for temperature 0" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dspark_jax import cli
+from dspark_jax import cli, eval_commands
 from dspark_jax.evaluation import load_tasks, merge_stats
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
@@ -140,16 +140,27 @@ def test_calibrate_fits_what_eval_then_measures(drafter_copy, tmp_path, capsys):
     assert measured["raw"] == pytest.approx(raw, abs=1e-3) and measured["sts"] == pytest.approx(with_sts, abs=1e-3)
 
 
-def test_scheduling_without_a_fit_says_so(drafter_copy, tmp_path, capsys):
-    argv = ["eval", "--target", TINY, "--drafter", str(drafter_copy), "--tasks", "gsm8k", "--limit", "1",
-            "--max-new-tokens", "4", "--schedule", "hardware", "--output", str(tmp_path / "report")]
-    cli.main(argv)
+class Loaded(Exception):
+    """Raised instead of loading the target: everything before it (validation, notes) has run."""
+
+
+def test_scheduling_without_a_fit_says_so(drafter_copy, tmp_path, capsys, monkeypatch):
+    def stop(*args, **kwargs):
+        raise Loaded
+    monkeypatch.setattr(eval_commands, "load_target", stop)
+    argv = ["eval", "--target", TINY, "--drafter", str(drafter_copy), "--tasks", "gsm8k", "--schedule", "hardware"]
+    with pytest.raises(Loaded):
+        cli.main(argv)
     note = "tiny-dspark+scheduler has no STS calibration for temperature 0 (calibrated: none)"
     assert note in capsys.readouterr().err
     DrafterCalibration(()).with_fit(1.0, SequentialTemperatures((1.0, 1.0, 1.0))).write(drafter_copy)
-    cli.main([*argv, "--temperature", "0.5"])
+    with pytest.raises(Loaded):
+        cli.main([*argv, "--temperature", "0.5"])
     assert "for temperature 0.5 (calibrated: 1)" in capsys.readouterr().err
-    # A fit shallower than the draft is refused before anything loads.
+    with pytest.raises(Loaded):
+        cli.main([*argv, "--temperature", "1", "--schedule", "full,hardware"])
+    assert "STS" not in capsys.readouterr().err  # a fit for the run's temperature: nothing to say
+    # A fit shallower than the draft is refused.
     DrafterCalibration(()).with_fit(0.0, SequentialTemperatures((1.0, 1.0))).write(drafter_copy)
     with pytest.raises(SystemExit):
         cli.main(argv)
