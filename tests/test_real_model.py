@@ -110,3 +110,17 @@ def test_shipped_drafters_match_their_target_and_are_lossless(target, golden, ki
     print(f"\n{kind}: tau {result.stats.tau:.2f}")
     # The shipped drafters are weak (docs/results.md: tau ~1.1), but they do get draft tokens accepted.
     assert result.stats.tau > 1.0
+
+
+def test_the_shipped_dspark_drafter_carries_current_sts_fits():
+    """Its sts.json belongs to the shipped weights (a re-exported drafter would silently lose it) and covers
+    the whole block at the two temperatures docs/results.md measured."""
+    from dspark_jax.drafters import shipped_drafter
+    from dspark_jax.models.drafter_checkpoint import read_drafter_config
+    from dspark_jax.temperature_scaling import DrafterCalibration
+
+    directory = shipped_drafter("dspark")
+    calibration = DrafterCalibration.read(directory)
+    assert [t for t, _ in calibration.fits] == [0.0, 1.0], "recalibrate: dspark-jax calibrate --drafter dspark"
+    block_size = read_drafter_config(directory)["drafter"]["block_size"]
+    assert all(fit.depth == block_size for _, fit in calibration.fits)
