@@ -11,6 +11,7 @@ them. Each temperature's fit is written as soon as it is done, so a killed run k
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 
@@ -68,8 +69,8 @@ def calibrate_command(args: argparse.Namespace) -> None:
         raise ValueError(f"cannot write {choice.directory / CALIBRATION_FILE}: copy the drafter directory somewhere "
                          "writable and pass that")
     tokenizer = spec.tokenizer
-    prompts = [p for p in texts
-               if len(tokenizer.encode(tokenizer.chat_prompt(p))) <= args.max_prompt_tokens][: args.limit]
+    fits = (p for p in texts if len(tokenizer.encode(tokenizer.chat_prompt(p))) <= args.max_prompt_tokens)
+    prompts = list(itertools.islice(fits, args.limit))  # tokenizes only until the limit is reached
     if not prompts:
         raise ValueError(f"no prompt of {args.prompts} fits --max-prompt-tokens {args.max_prompt_tokens}")
 

@@ -42,9 +42,11 @@ class DrafterChoice:
     def calibration_note(self, temperature: float) -> str | None:
         """Why a scheduled run at this decoding temperature will use raw confidences, or None. Raises when
         the fit is shallower than the draft."""
+        if not self.scheduled:
+            return None
         fit = self.calibration.for_temperature(temperature)
-        if not self.scheduled or fit is not None:
-            if fit is not None and self.scheduled and fit.depth < self.template.depth:
+        if fit is not None:
+            if fit.depth < self.template.depth:
                 raise ValueError(f"{self.name}'s STS calibration covers draft depth {fit.depth}, not "
                                  f"{self.template.depth}: recalibrate with `dspark-jax calibrate --gamma "
                                  f"{self.template.depth}` or draft at most {fit.depth} tokens")

@@ -26,9 +26,9 @@ import numpy as np
 
 from dspark_jax.atomic_file import write_atomically
 from dspark_jax.calibration import expected_calibration_error
+from dspark_jax.models.drafter_checkpoint import WEIGHTS
 
 CALIBRATION_FILE = "sts.json"
-WEIGHTS_FILE = "drafter.safetensors"
 # Odd count, symmetric in log space: T = 1 (the raw confidences) is on the grid, so a fit never does worse
 # than no calibration on the data it was fitted to.
 TEMPERATURE_GRID = np.geomspace(0.1, 10.0, 201)
@@ -67,8 +67,7 @@ def survival_ece(confidence: np.ndarray, accepted: np.ndarray, bins: int = 10) -
 
     confidence: float[N, γ], one row per fully verified draft; accepted: int[N], its accepted draft tokens."""
     survival = np.cumprod(np.asarray(confidence, np.float64), axis=1)
-    k = np.arange(1, survival.shape[1] + 1)
-    return np.array([expected_calibration_error(survival[:, j], accepted >= k[j], bins)
+    return np.array([expected_calibration_error(survival[:, j], accepted >= j + 1, bins)
                      for j in range(survival.shape[1])])
 
 
@@ -96,7 +95,7 @@ def fit_sequential_temperatures(confidence: np.ndarray, accepted: np.ndarray, gr
 
 
 def weights_fingerprint(directory: Path) -> str:
-    return hashlib.sha256((Path(directory) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256((Path(directory) / WEIGHTS).read_bytes()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dspark_jax.models.drafter_checkpoint import WEIGHTS
 from dspark_jax.temperature_scaling import (
     CALIBRATION_FILE,
-    WEIGHTS_FILE,
     DrafterCalibration,
     SequentialTemperatures,
     fit_sequential_temperatures,
@@ -93,7 +93,7 @@ def test_bad_inputs_are_refused():
 
 
 def test_stored_fits_belong_to_their_weights(tmp_path):
-    (tmp_path / WEIGHTS_FILE).write_bytes(b"weights v1")
+    (tmp_path / WEIGHTS).write_bytes(b"weights v1")
     assert DrafterCalibration.read(tmp_path).fits == ()
     calibration = DrafterCalibration(()).with_fit(1.0, SequentialTemperatures((2.0, 1.5)))
     calibration = calibration.with_fit(0.0, SequentialTemperatures((0.5, 0.7)))
@@ -107,5 +107,5 @@ def test_stored_fits_belong_to_their_weights(tmp_path):
     refitted = read.with_fit(1.0, SequentialTemperatures((3.0, 3.0)))
     assert refitted.for_temperature(0) == SequentialTemperatures((0.5, 0.7))
     # A retrained drafter (new weights in the same directory) does not inherit the fits.
-    (tmp_path / WEIGHTS_FILE).write_bytes(b"weights v2")
+    (tmp_path / WEIGHTS).write_bytes(b"weights v2")
     assert DrafterCalibration.read(tmp_path).fits == ()
