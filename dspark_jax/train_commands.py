@@ -23,16 +23,15 @@ from dspark_jax.atomic_file import write_atomically
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import most_frequent_tokens
 from dspark_jax.models.drafter_checkpoint import export_drafter
-from dspark_jax.models.drafters import KINDS, feature_standardizer, new_drafter
+from dspark_jax.models.drafters import KINDS, new_drafter
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
-from dspark_jax.train.drafter_step import TrainConfig, make_optimizer, target_features
+from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
 from dspark_jax.train.loop import RunConfig, cached_steps, online_steps, run_training
 from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
 from dspark_jax.train.sharegpt import first_turns, split
 from dspark_jax.train.target_cache import estimate_bytes, open_cache, write_cache
 
-FEATURE_SAMPLE_ROWS = 32  # sequences whose target features give the drafter's feature statistics
 MAX_SEQUENCES_HELP = "use only the first N prepared sequences (default: all), e.g. to keep a run's data fixed"
 
 
@@ -181,13 +180,6 @@ def train(args: argparse.Namespace) -> None:
     if args.draft_vocab:
         vocab = most_frequent_tokens(tokens, loss_mask, args.draft_vocab, vocab, always=target.tokenizer.eos_ids)
     model = new_drafter(args.drafter, drafter, vocab, args.rank, nnx.Rngs(args.seed))
-    # Resuming restores the statistics with the weights; measured again here, they come out the same.
-    sample = tokens[:FEATURE_SAMPLE_ROWS]
-    if args.cache is None:
-        features, _ = target_features(target.config, target.params, jnp.asarray(sample), layers)
-    else:
-        features = cache_shards[0].batch(np.arange(min(len(sample), len(cache_shards[0]))))[2][list(feature_index)]
-    feature_standardizer(model).fit(features, sample[: features.shape[1]] != spec.config.pad_token_id)
     optimizer = make_optimizer(model, train_config)
     if args.cache is None:
         steps = online_steps(model, optimizer, target.config, target.params, jnp.asarray(tokens),

@@ -3,10 +3,10 @@
 A block is the anchor token x0 (the target's newest token) followed by γ - 1 mask tokens; slot i predicts
 the token at anchor position + 1 + i, so γ inputs give γ draft distributions in one pass (DeepSpec's
 variant: the anchor is the first prediction slot). The outputs of K target layers at every committed
-position are standardised (feature_norm.py), concatenated, projected by `fuse` and normalised; each draft
-layer turns that context into extra keys/values with its own projections. A block attends bidirectionally to
-itself and to the context strictly before its anchor, nothing else. Embedding and LM head are the target's,
-frozen and never stored here (DESIGN.md §3).
+position are concatenated, projected by `fuse` and normalised; each draft layer turns that context into
+extra keys/values with its own projections. A block attends bidirectionally to itself and to the context
+strictly before its anchor, nothing else. Embedding and LM head are the target's, frozen and never stored
+here (DESIGN.md §3).
 
 Several blocks of one sequence share one context ([B, S] keys/values) and differ only in which context
 positions they may see: training packs many random anchors per sequence this way, inference uses one.
@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dspark_jax.models.config import ModelConfig, RopeConfig
-from dspark_jax.models.feature_norm import FeatureStandardizer
 from dspark_jax.models.transformer import apply_rope
 
 
@@ -123,7 +122,6 @@ class DFlashBackbone(nnx.Module):
     def __init__(self, config: DrafterConfig, *, rngs: nnx.Rngs):
         self.config = config
         e = config.hidden_size
-        self.feature_norm = FeatureStandardizer(len(config.target_layers), e)
         self.fuse = nnx.Linear(len(config.target_layers) * e, e, use_bias=False, dtype=config.dtype, rngs=rngs)
         self.fuse_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
         self.layers = nnx.List([DraftLayer(config, rngs=rngs) for _ in range(config.num_layers)])
@@ -132,7 +130,6 @@ class DFlashBackbone(nnx.Module):
     def context(self, features: jax.Array, positions: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
         """Per draft layer, the context keys/values. features: [K, B, S, E] target layer outputs (K in
         `target_layers` order); positions: int32[B, S]."""
-        features = self.feature_norm(features).astype(self.config.dtype)
         fused = self.fuse_norm(self.fuse(jnp.concatenate(list(features), axis=-1)))
         return [layer.keys_values(fused, positions) for layer in self.layers]
 

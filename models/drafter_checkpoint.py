@@ -24,12 +24,11 @@ from dspark_jax.models.config import ConfigError, ModelConfig
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import VocabMap
 from dspark_jax.models.drafters import Drafter, drafter_kind, new_drafter
-from dspark_jax.models.feature_norm import FeatureStatistic
 from dspark_jax.models.params import TransformerParams
 
 WEIGHTS, CONFIG = "drafter.safetensors", "drafter.json"
 VOCAB_KEY = "vocab"  # the BlockDrafter attribute holding the draft → target id map
-FORMAT_VERSION = 3  # 3: per-layer feature statistics (feature_norm.py)
+FORMAT_VERSION = 2
 
 
 def target_fingerprint(config: ModelConfig, params: TransformerParams) -> str:
@@ -45,10 +44,8 @@ def export_drafter(directory: Path, model: Drafter, target: ModelConfig, target_
         raise ValueError(f"weights_dtype must be float32 or float16, got {weights_dtype!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # Only trained weights are cast: the feature statistics stay float32 (a float16 mean of ~15,000 would
-    # be off by ~8, a visible shift once standardised).
-    cast = lambda v, a: a.astype(weights_dtype) if isinstance(v, nnx.Param) else a
-    arrays = {name: cast(variable, np.asarray(variable.get_value())) for name, variable in _stored(model)}
+    cast = lambda a: a.astype(weights_dtype) if np.issubdtype(a.dtype, np.floating) else a
+    arrays = {name: cast(np.asarray(variable.get_value())) for name, variable in _stored(model)}
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": drafter_kind(model),
@@ -69,9 +66,7 @@ def read_drafter_config(directory: Path) -> dict:
         raise FileNotFoundError(f"{directory} is not an exported drafter: {CONFIG} is missing")
     meta = json.loads(path.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{path}: drafter format {meta.get('format_version')!r}, this dspark-jax reads format "
-                          f"{FORMAT_VERSION} (which stores the target's feature statistics): retrain the drafter "
-                          "with `dspark-jax train`")
+        raise ConfigError(f"{path}: unsupported drafter format {meta.get('format_version')!r}")
     return meta
 
 
@@ -107,7 +102,6 @@ def import_drafter(directory: Path, target: ModelConfig, target_params: Transfor
 
 
 def _stored(model: Drafter) -> list[tuple[str, nnx.Variable]]:
-    """(name, variable) of everything a drafter file holds: trained parameters, the vocabulary map and the
-    feature statistics."""
-    flat = nnx.to_flat_state(nnx.state(model, (nnx.Param, VocabMap, FeatureStatistic)))
+    """(name, variable) of everything a drafter file holds: trained parameters and the vocabulary map."""
+    flat = nnx.to_flat_state(nnx.state(model, (nnx.Param, VocabMap)))
     return [("/".join(map(str, path)), variable) for path, variable in flat]

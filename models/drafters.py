@@ -9,7 +9,6 @@ from flax import nnx
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.eagle3 import Eagle3Drafter
-from dspark_jax.models.feature_norm import FeatureStandardizer
 
 Drafter = BlockDrafter | Eagle3Drafter
 KINDS = ("dspark", "dflash", "eagle3")
@@ -19,11 +18,6 @@ def drafter_kind(model: Drafter) -> str:
     if isinstance(model, Eagle3Drafter):
         return "eagle3"
     return "dspark" if model.heads is not None else "dflash"
-
-
-def feature_standardizer(model: Drafter) -> FeatureStandardizer:
-    """The module that standardises the target features a drafter reads (fitted before training)."""
-    return model.feature_norm if isinstance(model, Eagle3Drafter) else model.backbone.feature_norm
 
 
 def new_drafter(kind: str, config: DrafterConfig, vocab: int | np.ndarray, dspark_rank: int | None,

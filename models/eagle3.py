@@ -1,13 +1,13 @@
 """EAGLE-3 drafter (Li et al., 2025): one autoregressive decoder layer over fused target features.
 
-The outputs of K target layers at position s are standardised (feature_norm.py), concatenated and projected
-to one feature g_s. The drafter's entry at position s reads [embed(x_{s+1}) ; g_s] (the token that follows
-s, normalised apart and concatenated to 2E) and predicts x_{s+2}; its output hidden h_s (the residual
-stream, before the final norm) replaces g in the next drafting step, so step k reads [embed(draft token k) ;
-h from step k - 1]. Attention sees the drafter's entries of committed positions (computed from target
-features) plus the entries of the current chain. Training unrolls the same steps (training-time test,
-`train/eagle3_ttt.py`), so the drafter learns from its own hidden states, as it drafts. Embedding and LM
-head are the target's. """
+The outputs of K target layers at position s are concatenated and projected to one feature g_s. The
+drafter's entry at position s reads [embed(x_{s+1}) ; g_s] (the token that follows s, normalised apart and
+concatenated to 2E) and predicts x_{s+2}; its output hidden h_s (the residual stream, before the final
+norm) replaces g in the next drafting step, so step k reads [embed(draft token k) ; h from step k - 1].
+Attention sees the drafter's entries of committed positions (computed from target features) plus the
+entries of the current chain. Training unrolls the same steps (training-time test, `train/eagle3_ttt.py`),
+so the drafter learns from its own hidden states, as it drafts. Embedding and LM head are the target's.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from flax import nnx
 
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import VocabMap, full_vocab
-from dspark_jax.models.feature_norm import FeatureStandardizer
 from dspark_jax.models.transformer import apply_rope
 
 
@@ -41,7 +40,6 @@ class Eagle3Drafter(nnx.Module):
         norm = lambda: nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
         self.config = config
         self.vocab = VocabMap(jnp.asarray(full_vocab(vocab) if isinstance(vocab, int) else np.asarray(vocab, np.int32)))
-        self.feature_norm = FeatureStandardizer(len(config.target_layers), e)
         self.fuse = linear(len(config.target_layers) * e, e)
         self.embed_norm, self.hidden_norm = norm(), norm()
         self.q, self.k, self.v = linear(2 * e, h * d), linear(2 * e, kv * d), linear(2 * e, kv * d)
@@ -52,7 +50,6 @@ class Eagle3Drafter(nnx.Module):
 
     def fuse_features(self, features: jax.Array) -> jax.Array:
         """g [..., E] from target layer outputs [K, ..., E] (K in `target_layers` order)."""
-        features = self.feature_norm(features).astype(self.config.dtype)
         return self.fuse(jnp.concatenate(list(features), axis=-1))
 
     def _inputs(self, token_embeddings: jax.Array, hidden: jax.Array) -> jax.Array:

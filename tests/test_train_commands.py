@@ -3,12 +3,9 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from dspark_jax import cli
-from dspark_jax.train.target_cache import CachedShard
 
 TINY = str(Path(__file__).parent / "data" / "tiny" / "gemma3")
 
@@ -41,15 +38,6 @@ def test_train_then_generate(data, tmp_path, drafter, mode, capsys):
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
     exported = json.loads((tmp_path / "run" / "drafter" / "drafter.json").read_text())
     assert exported["draft_vocab_size"] == (40 if mode == "online" else 256) and exported["kind"] == drafter
-    weights = load_file(tmp_path / "run" / "drafter" / "drafter.safetensors")
-    (mean,) = [a for name, a in weights.items() if name.endswith("feature_norm/mean")]
-    (inv_std,) = [a for name, a in weights.items() if name.endswith("feature_norm/inv_std")]
-    if mode == "cache":  # measured on the sequences of the first shard: standardised, they are centred
-        tokens, _, features, _, _ = CachedShard(tmp_path / "cache" / "shard-00000").batch(np.arange(3))
-        standardised = (features.astype(np.float32)[:, tokens != 0] - mean[:, None]) * inv_std[:, None]
-        np.testing.assert_allclose(standardised.mean(axis=1), 0.0, atol=1e-4)
-        np.testing.assert_allclose(standardised.std(axis=1), 1.0, atol=1e-3)
-    assert np.abs(mean).max() > 0.1 and np.abs(inv_std - 1).max() > 0.1
     cli.main(["generate", "--target", TINY, "--prompt", "hello", "--max-new-tokens", "5",
               "--drafter", str(tmp_path / "run" / "drafter")])
     assert "tau" in capsys.readouterr().err
