@@ -4,17 +4,21 @@
 
 For each batch size, `profile_scheduler` times a whole step (draft, verify ℓ tokens per row, accept, drafter
 update) for ℓ = 0..γ, as `--schedule hardware` does at start, and prints it with the mean survival
-probability a_1 over the rows that verifying one token needs to raise throughput (Θ1 > Θ0 ⇔ 1 + a_1 > t1 / t0).
+probability a_1 over the rows that verifying one token needs to raise throughput (Θ1 > Θ0 ⇔ 1 + a_1 > t1 / t0),
+and beside it what a depth-0 step adds to plain decoding: the drafter's pass (`propose` alone) and one
+autoregressive decode step of the same batch, both best of 10 jitted calls.
 Results: docs/results.md ("Confidence-scheduled verification").
 """
 
 import argparse
 
 import jax
+from timing import best_ms
 
 from dspark_jax.drafter_choice import resolve_drafter
 from dspark_jax.evaluation import load_tasks
-from dspark_jax.generate import GenerationConfig
+from dspark_jax.generate import Decoder, GenerationConfig
+from dspark_jax.proposers.base import DraftContext
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.speculative import prepare, profile_scheduler
 from dspark_jax.target import describe_target, load_target
@@ -43,6 +47,16 @@ def main() -> None:
         cells = " ".join(f"{1000 * s:.1f}" for s in costs)
         need = costs[1] / costs[0] - 1
         print(f"batch {batch}: {cells}   (depth 1 pays off when the mean a_1 > {need:.2f})")
+        key = jax.random.key(0)
+        state = jax.jit(decoder.prefill)(target.params, proposer_params, prompt, lengths, key)
+        context = DraftContext(history=state.history, length=state.length, done=state.done)
+        propose = jax.jit(lambda p, s, c: proposer.propose(p, s, c, choice.template, generation.sampling, key)[0])
+        draft_ms = best_ms(lambda: propose(proposer_params, state.proposer_state, context))
+        plain = Decoder(target.config, generation, decoder.cache_size)
+        plain_state = jax.jit(plain.prefill)(target.params, prompt, lengths, jax.random.split(key, batch))
+        plain_step = jax.jit(plain.step)
+        step_ms = best_ms(lambda: plain_step(target.params, plain_state))
+        print(f"batch {batch}: drafter pass {draft_ms:.1f} ms, autoregressive step {step_ms:.1f} ms")
 
 
 if __name__ == "__main__":
