@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TargetLoaded
 from flax import nnx
 
 from dspark_jax import cli, eval_commands
@@ -140,24 +141,18 @@ def test_calibrate_fits_what_eval_then_measures(drafter_copy, tmp_path, capsys):
     assert measured["raw"] == pytest.approx(raw, abs=1e-3) and measured["sts"] == pytest.approx(with_sts, abs=1e-3)
 
 
-class Loaded(Exception):
-    """Raised instead of loading the target: everything before it (validation, notes) has run."""
-
-
-def test_scheduling_without_a_fit_says_so(drafter_copy, tmp_path, capsys, monkeypatch):
-    def stop(*args, **kwargs):
-        raise Loaded
-    monkeypatch.setattr(eval_commands, "load_target", stop)
+def test_scheduling_without_a_fit_says_so(drafter_copy, tmp_path, capsys, stop_at_load):
+    stop_at_load(eval_commands)
     argv = ["eval", "--target", TINY, "--drafter", str(drafter_copy), "--tasks", "gsm8k", "--schedule", "hardware"]
-    with pytest.raises(Loaded):
+    with pytest.raises(TargetLoaded):
         cli.main(argv)
     note = "tiny-dspark+scheduler has no STS calibration for temperature 0 (calibrated: none)"
     assert note in capsys.readouterr().err
     DrafterCalibration(()).with_fit(1.0, SequentialTemperatures((1.0, 1.0, 1.0))).write(drafter_copy)
-    with pytest.raises(Loaded):
+    with pytest.raises(TargetLoaded):
         cli.main([*argv, "--temperature", "0.5"])
     assert "for temperature 0.5 (calibrated: 1)" in capsys.readouterr().err
-    with pytest.raises(Loaded):
+    with pytest.raises(TargetLoaded):
         cli.main([*argv, "--temperature", "1", "--schedule", "full,hardware"])
     assert "STS" not in capsys.readouterr().err  # a fit for the run's temperature: nothing to say
     # A fit shallower than the draft is refused.
