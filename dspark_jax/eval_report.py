@@ -36,8 +36,11 @@ def markdown(results: dict) -> str:
     out = [f"Settings: temperature {s['temperature']}, max new tokens {s['max_new_tokens']}, batch {s['batch_size']}, "
            f"drafts " + ", ".join(f"{d} {t}" for d, t in s["drafters"].items()) + ".\n"]
     cell = lambda d, t, key, fmt: fmt.format(results["tasks"][t][d][key])
-    for title, key, fmt in [("τ (accepted tokens per verify step, bonus included)", "tau", "{:.2f}"),
-                            ("Speedup over autoregressive decoding (tokens/s ratio)", "speedup", "{:.2f}x"),
+    rows = [[d] + [_with_error(results["tasks"][t][d]["tau"], results["tasks"][t][d]["tau_standard_error"])
+                   for t in tasks] + [_mean_with_error([results["tasks"][t][d] for t in tasks])] for d in drafters]
+    out += ["\n### τ (accepted tokens per verify step, bonus included; ± standard error over prompts)\n\n",
+            _table(["drafter", *tasks, "mean"], rows)]
+    for title, key, fmt in [("Speedup over autoregressive decoding (tokens/s ratio)", "speedup", "{:.2f}x"),
                             ("Draft tokens verified per step (the draft depth unless a scheduler cuts it)",
                              "verified_per_step", "{:.2f}")]:
         rows = [[d] + [cell(d, t, key, fmt) for t in tasks]
@@ -71,6 +74,16 @@ def markdown(results: dict) -> str:
         out += [f"\n### Prefix survival calibration of {d} (ECE of a_k = c_1...c_k on whole drafts, mean over "
                 "tasks)\n\n", _table(["position k", "raw", *(["with STS"] if has_sts else [])], rows)]
     return "".join(out)
+
+
+def _with_error(value: float, error: float) -> str:
+    return f"{value:.2f}" if np.isnan(error) else f"{value:.2f} ± {error:.2f}"
+
+
+def _mean_with_error(per_task: list[dict]) -> str:
+    """The mean τ over tasks and its standard error (tasks are independent samples)."""
+    errors = [m["tau_standard_error"] for m in per_task]
+    return _with_error(_mean([m["tau"] for m in per_task]), float(np.sqrt(np.sum(np.square(errors)))) / len(errors))
 
 
 def _at(values: list[float], k: int) -> float:

@@ -2,7 +2,8 @@
 
 For each task (a shipped benchmark or a user's JSONL file of `{"turns": [...]}`) the first turns are
 chat-formatted with the target's template and answered by autoregressive decoding and by each drafter with
-the same sampling settings. Per drafter and task: τ (bonus token included), proposals (verify steps),
+the same sampling settings. Per drafter and task: τ (bonus token included) per prompt and over the task,
+with its standard error over prompts, proposals (verify steps),
 accept rate by position, verify rate (target verify passes per generated token, 1/τ up to budget cuts),
 tokens/s and the speedup over the autoregressive run measured beside it, the calibration of the confidence
 head when the drafter has one (per position, and of the prefix survival products the scheduler uses, raw and
@@ -120,6 +121,8 @@ def drafter_metrics(stats: SpecStats, generated_tokens: int, fit: SequentialTemp
     proposals = int(stats.acceptance_lengths.size)
     return {
         "tau": stats.tau,
+        "tau_standard_error": stats.tau_standard_error,
+        "tau_by_prompt": stats.tau_by_row.tolist(),
         "proposals": proposals,
         "accept_rate_by_position": stats.accept_rate_by_position.tolist(),
         "verify_rate": proposals / max(generated_tokens, 1),

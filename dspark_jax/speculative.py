@@ -254,6 +254,32 @@ class SpecStats:
         """Mean tokens produced per verify step, counting the target's bonus token (so tau >= 1)."""
         return float(np.mean(self.acceptance_lengths + 1))
 
+    def _produced_and_steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens produced, verify steps) per row, int[B] each."""
+        live = self.accepted >= 0
+        return np.sum(np.where(live, self.accepted + 1, 0), axis=1), np.sum(live, axis=1)
+
+    @property
+    def tau_by_row(self) -> np.ndarray:
+        """float[B]: τ of each row (prompt) on its own; NaN for a row that never verified."""
+        produced, steps = self._produced_and_steps()
+        return np.where(steps > 0, produced / np.maximum(steps, 1), np.nan)
+
+    @property
+    def tau_standard_error(self) -> float:
+        """Standard error of `tau` with the rows (prompts) as the sampled units; NaN with fewer than two.
+
+        Steps of one row are not independent draws (a prompt the drafter finds easy stays easy), so the
+        spread comes from rows: τ is the ratio Σ produced / Σ steps over rows, whose variance the delta
+        method gives as m / (m - 1) · Σ_i (produced_i - τ · steps_i)² / (Σ steps)²."""
+        produced, steps = self._produced_and_steps()
+        rows = steps > 0
+        if np.sum(rows) < 2:
+            return float("nan")
+        residuals = produced[rows] - self.tau * steps[rows]
+        m = residuals.size
+        return float(np.sqrt(m / (m - 1) * np.sum(residuals**2)) / np.sum(steps))
+
     @property
     def mean_verified_depth(self) -> float:
         """Draft tokens the target verified per step (γ unless a scheduler cut the drafts)."""

@@ -37,7 +37,10 @@ def test_eval_writes_the_report(drafter_dir, tmp_path, capsys):
     out = tmp_path / "report"
     cli.main(["eval", "--target", TINY, "--drafter", f"{drafter_dir},ngram", "--tasks", f"gsm8k,{own}",
               "--limit", "2", "--max-new-tokens", "8", "--schedule", "full,hardware", "--output", str(out)])
-    assert "### τ" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    tau_rows = [line for line in printed.split("### τ")[1].split("###")[0].splitlines() if line.startswith("| tiny")
+                or line.startswith("| ngram")]
+    assert len(tau_rows) == 3 and all(row.count(" ± ") == 3 for row in tau_rows)  # 2 tasks and the mean
     assert sorted(p.name for p in out.iterdir()) == ["accept_rate_by_position.png", "reliability.png", "results.json",
                                                       "results.md", "speedup.png"]
     results = json.loads((out / "results.json").read_text())
@@ -48,6 +51,10 @@ def test_eval_writes_the_report(drafter_dir, tmp_path, capsys):
         for name, depth in (("tiny-dspark", 3), ("tiny-dspark+scheduler", 3), ("ngram", 7)):
             metrics = task[name]
             assert metrics["lossless"] is True and 1.0 <= metrics["tau"] <= depth + 1
+            # τ over the task weighs each prompt by its steps, so it lies between the prompts' own
+            assert len(metrics["tau_by_prompt"]) == 2
+            assert min(metrics["tau_by_prompt"]) - 1e-9 <= metrics["tau"] <= max(metrics["tau_by_prompt"]) + 1e-9
+            assert metrics["tau_standard_error"] >= 0
             assert len(metrics["accept_rate_by_position"]) == depth
             assert metrics["verify_rate"] == pytest.approx(metrics["proposals"] / metrics["tokens"])
             if name != "tiny-dspark+scheduler":  # the scheduler's choice depends on this machine's step costs

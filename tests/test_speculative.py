@@ -85,6 +85,28 @@ def test_stop_tokens_and_budgets_per_row():
     assert result.tokens == expected
 
 
+def test_tau_standard_error_matches_the_spread_of_repeated_evaluations():
+    """Simulated evaluations of 10 prompts, each with its own acceptance probability: the standard error's
+    root mean square matches the standard deviation of τ across them, where a per-step error (steps as
+    independent draws) would understate it several times over."""
+    rng = np.random.default_rng(0)
+    rows, steps, depth = 10, 80, 7
+
+    def evaluation() -> SpecStats:
+        p = rng.beta(2, 6, size=rows)
+        accepted = np.cumprod(rng.random((rows, steps, depth)) < p[:, None, None], axis=2).sum(axis=2)
+        stopped = np.arange(steps)[None] >= rng.integers(steps // 2, steps + 1, size=rows)[:, None]
+        accepted = np.where(stopped, -1, accepted)
+        return SpecStats(accepted, np.full_like(accepted, depth), np.full((rows, steps, depth), np.nan), depth,
+                         0.0, 1.0)
+
+    runs = [evaluation() for _ in range(500)]
+    spread = np.std([r.tau for r in runs])
+    assert np.sqrt(np.mean([r.tau_standard_error**2 for r in runs])) == pytest.approx(spread, rel=0.1)
+    per_step = np.mean([np.std(r.acceptance_lengths, ddof=1) / np.sqrt(r.acceptance_lengths.size) for r in runs])
+    assert per_step < spread / 2
+
+
 def test_stats_by_hand():
     accepted = np.array([[3, 0, 2, -1], [1, 1, -1, -1]])
     confidence = np.arange(24, dtype=np.float32).reshape(2, 4, 3) / 24
@@ -92,6 +114,12 @@ def test_stats_by_hand():
                   prefill_seconds=0.0, decode_seconds=1.0)
     assert s.target_steps == 4
     assert s.tau == pytest.approx(np.mean([4, 1, 3, 2, 2]))
+    np.testing.assert_allclose(s.tau_by_row, [8 / 3, 2])
+    # τ = 12 / 5 from rows of (8 tokens, 3 steps) and (4, 2): residuals 8 - 2.4 · 3 = 0.8 and -0.8, so the
+    # standard error is sqrt(2 / 1 · 1.28) / 5.
+    assert s.tau_standard_error == pytest.approx(0.32)
+    one_row = dataclasses.replace(s, accepted=np.array([[2, -1, -1, -1], [-1, -1, -1, -1]]))
+    assert np.isnan(one_row.tau_standard_error) and np.isnan(one_row.tau_by_row[1])
     # position 1: 4 of 5 steps accepted it; position 2: 2 of those 4; position 3: 1 of those 2.
     np.testing.assert_allclose(s.accept_rate_by_position, [4 / 5, 2 / 4, 1 / 2])
     # judged positions: step (0,0) all 3 survive; (0,1) position 1 fails; (0,2) 1, 2 survive and 3 fails;
