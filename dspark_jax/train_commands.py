@@ -12,6 +12,7 @@ started again, stops cleanly on SIGTERM, logs run/metrics.jsonl and exports the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from dspark_jax.models.drafters import KINDS, new_drafter
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
+from dspark_jax.train.dspark_loss import DSparkLossWeights
 from dspark_jax.train.loop import RunConfig, cached_steps, online_steps, run_training
 from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
 from dspark_jax.train.sharegpt import first_turns, split
@@ -77,6 +79,10 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--learning-rate", type=float, default=6e-4)
     p.add_argument("--anchors", type=int, default=8,
                    help="random block anchors per sequence and step (DeepSpec: 512; cost grows with it)")
+    for part, default in (("ce", DSparkLossWeights.ce), ("tv", DSparkLossWeights.tv),
+                          ("confidence", DSparkLossWeights.conf)):
+        p.add_argument(f"--{part}-weight", type=float, default=None,
+                       help=f"DSpark only: weight of its {part} loss term (DeepSpec: {default})")
     p.add_argument("--bf16", action="store_true", help="compute the drafter in bfloat16 (weights stay float32)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
@@ -135,6 +141,17 @@ def prepare_cache(args: argparse.Namespace) -> None:
     print(f"{len(written)} cache shards in {args.out}")
 
 
+def _dspark_loss_weights(args: argparse.Namespace) -> DSparkLossWeights:
+    given = {field: value for field, value in (("ce", args.ce_weight), ("tv", args.tv_weight),
+                                                ("conf", args.confidence_weight)) if value is not None}
+    if given and args.drafter != "dspark":
+        raise ValueError(f"--ce-weight, --tv-weight and --confidence-weight weigh DSpark's loss terms; "
+                         f"{args.drafter} has no such terms: drop them")
+    if any(value < 0 for value in given.values()):
+        raise ValueError(f"loss weights must be >= 0, got {given}")
+    return dataclasses.replace(DSparkLossWeights(), **given)
+
+
 def train(args: argparse.Namespace) -> None:
     if args.drafter == "eagle3" and args.layers != 1:
         raise ValueError(f"an EAGLE-3 drafter has exactly one layer: drop --layers {args.layers}")
@@ -160,7 +177,8 @@ def train(args: argparse.Namespace) -> None:
     if args.anchors < 1:
         raise ValueError(f"--anchors must be >= 1, got {args.anchors}")
     train_config = TrainConfig(learning_rate=args.learning_rate, warmup_steps=max(1, args.steps // 25),
-                               total_steps=args.steps, anchors_per_sequence=args.anchors)
+                               total_steps=args.steps, anchors_per_sequence=args.anchors,
+                               loss=_dspark_loss_weights(args))
     run = RunConfig(checkpoint_every=args.checkpoint_every, seed=args.seed)
 
     if args.draft_vocab < 0:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dspark_jax import cli
+from dspark_jax import cli, train_commands
 
 TINY = str(Path(__file__).parent / "data" / "tiny" / "gemma3")
 
@@ -54,6 +54,27 @@ def test_anchors_must_be_positive(data, tmp_path, capsys):
         cli.main(["train", "--drafter", "dflash", "--target", TINY, "--data", str(data), "--out", str(tmp_path),
                   "--anchors", "0"])
     assert exit_info.value.code == 2 and "--anchors must be >= 1" in capsys.readouterr().err
+
+
+def test_dspark_loss_weights_reach_the_logged_loss(data, tmp_path, capsys):
+    cli.main(["train", "--drafter", "dspark", "--target", TINY, "--data", str(data), "--out", str(tmp_path / "run"),
+              "--length", "96", "--num-features", "2", "--steps", "2", "--batch-size", "2", "--block-size", "3",
+              "--rank", "8", "--draft-vocab", "40", "--ce-weight", "1", "--confidence-weight", "0.5"])
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        assert m["loss"] == pytest.approx(1.0 * m["ce"] + 0.9 * m["tv"] + 0.5 * m["conf"], rel=1e-5)
+
+
+@pytest.mark.parametrize("drafter, weights, message", [
+    ("dflash", ["--ce-weight", "1"], "dflash has no such terms"),
+    ("dspark", ["--tv-weight", "-1"], "loss weights must be >= 0"),
+])
+def test_bad_loss_weights_fail_before_loading(data, tmp_path, capsys, stop_at_load, drafter, weights, message):
+    stop_at_load(train_commands)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--drafter", drafter, "--target", TINY, "--data", str(data), "--out", str(tmp_path),
+                  *weights])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_cache_must_match_the_drafter_layers(data, tmp_path, capsys):
