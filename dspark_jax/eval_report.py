@@ -56,24 +56,40 @@ def markdown(results: dict) -> str:
                    for k in range(depth)] for d in drafters]
     out += ["\n### Accept rate by position (mean over tasks)\n\n", _table(["drafter", *map(str, range(1, depth + 1))],
                                                                           rows)]
-    calibrated = [d for d in drafters if results["tasks"][tasks[0]][d]["calibration"]]
-    for d in calibrated:
+    for d in drafters:
+        measured = _tasks_with(results, d, "calibration")
+        if not measured:
+            continue
         rows = []
-        for k in range(len(results["tasks"][tasks[0]][d]["calibration"])):
-            per_task = [results["tasks"][t][d]["calibration"][k] for t in tasks]
+        for k in range(len(results["tasks"][measured[0]][d]["calibration"])):
+            per_task = [results["tasks"][t][d]["calibration"][k] for t in measured]
             rows.append([str(k + 1), str(sum(r["n"] for r in per_task))]
                         + [f"{_mean([r[m] for r in per_task]):.3f}" for m in ("ece", "auroc", "brier")])
-        out += [f"\n### Confidence calibration of {d} (raw head, mean over tasks)\n\n",
+        out += [f"\n### Confidence calibration of {d} (raw head, mean over {_which(measured, tasks)})\n\n",
                 _table(["position", "n", "ECE", "AUROC", "Brier"], rows)]
-    for d in [d for d in drafters if results["tasks"][tasks[0]][d].get("survival_ece")]:
-        per_task = [results["tasks"][t][d]["survival_ece"] for t in tasks]
+    for d in drafters:
+        measured = _tasks_with(results, d, "survival_ece")
+        if not measured:
+            continue
+        per_task = [results["tasks"][t][d]["survival_ece"] for t in measured]
         has_sts = per_task[0]["sts"] is not None
         rows = [[str(k + 1), f"{_mean([r['raw'][k] for r in per_task]):.3f}"]
                 + ([f"{_mean([r['sts'][k] for r in per_task]):.3f}"] if has_sts else [])
                 for k in range(len(per_task[0]["raw"]))]
         out += [f"\n### Prefix survival calibration of {d} (ECE of a_k = c_1...c_k on whole drafts, mean over "
-                "tasks)\n\n", _table(["position k", "raw", *(["with STS"] if has_sts else [])], rows)]
+                f"{_which(measured, tasks)})\n\n",
+                _table(["position k", "raw", *(["with STS"] if has_sts else [])], rows)]
     return "".join(out)
+
+
+def _tasks_with(results: dict, drafter: str, key: str) -> list[str]:
+    """The tasks where `drafter` has `key` measured: a scheduler that verified no draft of a task leaves
+    nothing to calibrate on there."""
+    return [t for t, methods in results["tasks"].items() if methods[drafter].get(key)]
+
+
+def _which(measured: list[str], tasks: list[str]) -> str:
+    return "tasks" if measured == tasks else "the tasks with verified drafts: " + ", ".join(measured)
 
 
 def _with_error(value: float, error: float) -> str:
@@ -109,11 +125,11 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
     ax.legend()
     written.append(_save(fig, out_dir / "accept_rate_by_position.png"))
 
-    calibrated = [d for d in drafters if results["tasks"][tasks[0]][d]["reliability"]]
+    calibrated = [d for d in drafters if _tasks_with(results, d, "reliability")]
     if calibrated:
         fig, axes = plt.subplots(1, len(calibrated), figsize=(4.5 * len(calibrated), 4), squeeze=False)
         for ax, d in zip(axes[0], calibrated):
-            bins = [results["tasks"][t][d]["reliability"] for t in tasks]
+            bins = [results["tasks"][t][d]["reliability"] for t in _tasks_with(results, d, "reliability")]
             count = np.sum([np.asarray(b["count"]) for b in bins], axis=0)
             weighted = lambda key: np.nansum([np.nan_to_num(np.asarray(b[key], float)) * np.asarray(b["count"])
                                               for b in bins], axis=0) / np.maximum(count, 1)
