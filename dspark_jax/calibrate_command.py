@@ -21,7 +21,7 @@ from dspark_jax.drafter_choice import resolve_drafter
 from dspark_jax.eval_commands import comma_list
 from dspark_jax.evaluation import EvalConfig, Evaluator, Method, Task, load_tasks
 from dspark_jax.sampling import SamplingConfig
-from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
+from dspark_jax.target import DEFAULT_TARGET, add_weights_argument, describe_target, load_target, resolve_weights
 from dspark_jax.temperature_scaling import CALIBRATION_FILE, fit_sequential_temperatures, survival_ece
 from dspark_jax.train.sharegpt import first_turns, split
 
@@ -33,6 +33,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--drafter", default="dspark",
                    help="dspark (the shipped one) or an exported DSpark drafter directory")
     p.add_argument("--target", default=DEFAULT_TARGET)
+    add_weights_argument(p)
     p.add_argument("--prompts", default=HELD_OUT,
                    help=f"{HELD_OUT} (ShareGPT's held-out split) or a JSONL file of {{\"turns\": [...]}}")
     p.add_argument("--limit", type=int, default=32, help="prompts to decode")
@@ -62,6 +63,7 @@ def calibrate_command(args: argparse.Namespace) -> None:
     texts = _prompts(args.prompts)
     spec = describe_target(args.target)
     choice = resolve_drafter(args.drafter, spec, args.gamma)
+    resolve_weights(args.weights, spec)
     if choice is None or not choice.has_confidence or choice.directory is None:
         raise ValueError(f"--drafter {args.drafter} is not a DSpark drafter directory: only DSpark has a confidence "
                          "head to calibrate")
@@ -74,7 +76,7 @@ def calibrate_command(args: argparse.Namespace) -> None:
     if not prompts:
         raise ValueError(f"no prompt of {args.prompts} fits --max-prompt-tokens {args.max_prompt_tokens}")
 
-    target = load_target(spec)
+    target = load_target(spec, weights=args.weights)
     method = Method(choice.name, *choice.build(target), choice.template)
     config = EvalConfig(args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
     evaluator = Evaluator(target, config, [Task("calibration", tuple(prompts))])

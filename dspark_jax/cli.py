@@ -13,7 +13,7 @@ from dspark_jax.drafter_choice import SCHEDULES, resolve_drafter
 from dspark_jax.generate import GenerationConfig, generate_stream, pad_prompts
 from dspark_jax.models.sharding import make_mesh
 from dspark_jax.sampling import SamplingConfig
-from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
+from dspark_jax.target import DEFAULT_TARGET, add_weights_argument, describe_target, load_target, resolve_weights
 from dspark_jax.tree import TreeTemplate
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -42,6 +42,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--mesh", type=_mesh_shape, default=None,
                    help="DATAxMODEL device mesh to shard over, e.g. 1x8 (default: one device)")
+    add_weights_argument(p)
     p.add_argument("--drafter", default="default",
                    help="speculative drafter: default (the shipped DSpark drafter for the default target, else "
                         "none), none (plain decoding), dspark / dflash / eagle3 (a shipped drafter), ngram (prompt "
@@ -72,8 +73,9 @@ def _generate(args: argparse.Namespace) -> None:
             print(note, file=sys.stderr)
     pad_prompts(spec.config, prompts, generation, reserve=choice.template.num_nodes if choice else 0)
     mesh = make_mesh(*args.mesh) if args.mesh else None
+    resolve_weights(args.weights, spec, DTYPES[args.dtype], mesh)  # a form that cannot serve fails before loading
 
-    target = load_target(spec, dtype=DTYPES[args.dtype], mesh=mesh)
+    target = load_target(spec, dtype=DTYPES[args.dtype], mesh=mesh, weights=args.weights)
     if choice is not None:
         proposer, proposer_params = choice.build(target)
         _speculate(args, target, prompts, generation, proposer, proposer_params, choice)

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
+
 from dspark_jax.drafters import KINDS, TARGET_FILE, shipped_drafter
 from dspark_jax.models.drafter_checkpoint import import_drafter, read_drafter_config
 from dspark_jax.proposers.draft_model import DraftModelProposer
@@ -69,7 +71,7 @@ class DrafterChoice:
 
 
 def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tree: TreeTemplate | None = None,
-                    dtype=None) -> DrafterChoice | None:
+                    dtype=jnp.float32) -> DrafterChoice | None:
     """None means plain decoding. gamma / tree override the drafter's default chain of its block size."""
     if gamma is not None and gamma < 1:
         raise ValueError(f"--gamma must be >= 1, got {gamma}")

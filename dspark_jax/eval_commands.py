@@ -19,7 +19,7 @@ from dspark_jax.eval_data import TASKS
 from dspark_jax.eval_report import write_report
 from dspark_jax.evaluation import EvalConfig, Evaluator, Method, benchmark, load_tasks
 from dspark_jax.sampling import SamplingConfig
-from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
+from dspark_jax.target import DEFAULT_TARGET, add_weights_argument, describe_target, load_target, resolve_weights
 from dspark_jax.tree import TreeTemplate
 
 
@@ -60,6 +60,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="comma-separated drafters: default, dspark, dflash, eagle3 (shipped), ngram, model:PATH or "
                         "exported drafter directories")
     p.add_argument("--target", default=DEFAULT_TARGET)
+    add_weights_argument(p)
     p.add_argument("--gamma", type=int, default=None)
     p.add_argument("--tree", type=TreeTemplate.parse, default=None)
     p.add_argument("--schedule", type=comma_list(str), default=("full",),
@@ -96,7 +97,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
     tasks = load_tasks(list(args.tasks), args.limit)
     spec = describe_target(args.target)
     choices = _methods(args, spec, (args.temperature,))
-    target = load_target(spec)
+    resolve_weights(args.weights, spec)
+    target = load_target(spec, weights=args.weights)
     results = Evaluator(target, config, tasks).evaluate(_build(choices, target))
     written = write_report(results, args.output)
     print((args.output / "results.md").read_text())
@@ -113,7 +115,8 @@ def bench_command(args: argparse.Namespace) -> None:
         raise ValueError(f"task {task.name} has {len(task.prompts)} prompts, fewer than batch {max(args.batch_sizes)}")
     spec = describe_target(args.target)
     choices = _methods(args, spec, args.temperatures)
-    target = load_target(spec)
+    resolve_weights(args.weights, spec)
+    target = load_target(spec, weights=args.weights)
     rows = benchmark(target, _build(choices, target), task, args.batch_sizes, args.temperatures, args.max_new_tokens)
     names = [c.name for c in choices]
     print("| T | batch | AR tok/s | " + " | ".join(f"{n} tok/s (x AR, tau)" for n in names) + " |")

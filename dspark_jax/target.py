@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from dspark_jax.kernels.cpu_kernels import unavailable_reason
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.gguf_loader import gguf_config, load_gguf
 from dspark_jax.models.hf_loader import hf_config, load_hf_checkpoint
-from dspark_jax.models.params import TransformerParams
+from dspark_jax.models.params import TransformerParams, pack_float32
 from dspark_jax.models.sharding import ShardingRules, shard_params
 from dspark_jax.models.tokenizer import Tokenizer, check_compatible, load_tokenizer
 
@@ -60,12 +62,61 @@ def describe_target(spec: str = DEFAULT_TARGET) -> TargetSpec:
     return TargetSpec(path, config, tokenizer)
 
 
+# How a target's matrices are held and multiplied (docs/kernels.md, "CPU kernels"):
+#   gguf     GGUF blocks as stored (Q4_K, Q8_0, ...), multiplied by the C++ CPU kernels: the fastest decode
+#            step, and the model is exactly the file's (its blocks decode bit-exactly to the float32 path's)
+#   float32  dequantized float32 rows, multiplied by the CPU kernels
+#   xla      dequantized arrays in `dtype`, multiplied by XLA (GPU/TPU, meshes, training, bfloat16)
+#   auto     gguf for a float32 GGUF target on one CPU device where the kernels are built; xla otherwise
+WEIGHTS = ("auto", "gguf", "float32", "xla")
+
+
+WEIGHTS_HELP = ("how the target's matrices are held: gguf (as the GGUF file stores them, multiplied by the "
+                "C++ CPU kernels; fastest on a CPU), float32 (dequantized rows, CPU kernels), xla (dequantized "
+                "arrays multiplied by XLA: GPUs, meshes, bfloat16), auto (gguf for a float32 GGUF target on one "
+                "CPU where the kernels are built, else xla; default)")
+
+
+def add_weights_argument(parser) -> None:
+    """The --weights flag of every command that decodes with the target."""
+    parser.add_argument("--weights", choices=WEIGHTS, default="auto", help=WEIGHTS_HELP)
+
+
+def resolve_weights(weights: str, spec: TargetSpec, dtype=jnp.float32, mesh: Mesh | None = None) -> str:
+    """The concrete weight form `weights` means for this target; raises ValueError (naming the flag's
+    value and the fix) for a form that cannot serve it."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if weights == "xla":
+        return weights
+    problem = unavailable_reason()
+    if jax.default_backend() != "cpu":
+        problem = f"the default backend is {jax.default_backend()}, and the kernels run on the CPU"
+    elif mesh is not None:
+        problem = "the target is sharded over a mesh, and the kernels run on one device"
+    elif jnp.dtype(dtype) != jnp.float32:
+        problem = f"the compute dtype is {jnp.dtype(dtype).name}, and the kernels compute in float32"
+    elif weights == "gguf" and spec.path.is_dir():
+        problem = f"{spec.path} is a Hugging Face directory, not a GGUF file"
+    if weights == "auto":
+        return "xla" if problem or spec.path.is_dir() else "gguf"
+    if problem:
+        raise ValueError(f"weights {weights!r} cannot be used: {problem}; use weights 'xla' (--weights xla)")
+    return weights
+
+
 def load_target(spec: str | TargetSpec = DEFAULT_TARGET, dtype=jnp.float32, mesh: Mesh | None = None,
-                rules: ShardingRules = ShardingRules()) -> Target:
-    """Weights in `dtype`, placed on `mesh` by `rules` when a mesh is given (else on the default device)."""
+                rules: ShardingRules = ShardingRules(), weights: str = "auto") -> Target:
+    """Weights in the form `weights` names (see WEIGHTS), placed on `mesh` by `rules` when a mesh is given
+    (else on the default device)."""
     described = describe_target(spec) if isinstance(spec, str) else spec
-    loader = load_hf_checkpoint if described.path.is_dir() else load_gguf
-    config, params = loader(described.path, dtype=dtype)
+    weights = resolve_weights(weights, described, dtype, mesh)
+    if weights == "gguf":
+        config, params = load_gguf(described.path, dtype=dtype, packed=True)
+    else:
+        loader = load_hf_checkpoint if described.path.is_dir() else load_gguf
+        config, params = loader(described.path, dtype=dtype)
+        params = pack_float32(params) if weights == "float32" else params
     if mesh is not None:
         params = shard_params(params, mesh, rules)
     return Target(config, params, described.tokenizer)

@@ -91,6 +91,12 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     return {"prepare-data": prepare_data, "prepare-cache": prepare_cache, "train": train}
 
 
+# Training differentiates through the target's head (the drafters' logits), which the CPU kernels cannot,
+# and its features and data must not change with the machine's kernels: prepare-data, prepare-cache and
+# train hold the target as XLA arrays (at prepare-data's batch 64, XLA's matrix products are also faster).
+TRAINING_WEIGHTS = "xla"
+
+
 def _sequences(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, loss_mask) [N, --length] of the first --max-sequences prepared sequences."""
     shards = sorted(Path(args.data).glob("sequences-*.npz"))
@@ -117,7 +123,7 @@ def prepare_data(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     held_out_text = "".join(json.dumps({"turns": [p]}) + "\n" for p in held_out)  # the eval format
     write_atomically(args.out / "held_out.jsonl", lambda tmp: Path(tmp).write_text(held_out_text))
-    target = load_target(spec)
+    target = load_target(spec, weights=TRAINING_WEIGHTS)
     shards = regenerate(target, train_prompts[: args.num_prompts], args.out, config)
     print(f"{len(shards)} shards of regenerated sequences in {args.out}; {len(held_out)} held-out prompts in "
           f"{args.out / 'held_out.jsonl'}")
@@ -134,7 +140,7 @@ def prepare_cache(args: argparse.Namespace) -> None:
     need = estimate_bytes(len(tokens), args.length, len(layers), spec.config.hidden_size)
     print(f"target cache: {len(tokens)} sequences x {args.length} tokens x {len(layers) + 1} x "
           f"{spec.config.hidden_size} bf16 -> {need / 2**30:.2f} GiB in {args.out}")
-    target = load_target(spec)
+    target = load_target(spec, weights=TRAINING_WEIGHTS)
     written = write_cache(target.config, target.params, layers, tokens, loss_mask, args.out, args.shard_size)
     meta = json.dumps({"target_layers": list(layers), "length": args.length})
     write_atomically(args.out / "cache.json", lambda tmp: Path(tmp).write_text(meta))
@@ -193,7 +199,7 @@ def train(args: argparse.Namespace) -> None:
         if args.batch_size > min(len(s) for s in cache_shards):
             raise ValueError(f"--batch-size {args.batch_size} exceeds the rows of the smallest cache shard; "
                              "lower it or rebuild the cache with a larger --shard-size")
-    target = load_target(spec)
+    target = load_target(spec, weights=TRAINING_WEIGHTS)
     vocab = spec.config.vocab_size
     if args.draft_vocab:
         vocab = most_frequent_tokens(tokens, loss_mask, args.draft_vocab, vocab, always=target.tokenizer.eos_ids)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dspark_jax.kernels.linear import Weight, linear, take_rows
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.params import TransformerParams
 
@@ -50,7 +51,7 @@ def most_frequent_tokens(tokens: np.ndarray, loss_mask: np.ndarray, size: int, v
 class DraftHead:
     """The target's LM head restricted to the draft vocabulary, with the maps between the two id spaces."""
 
-    weight: jax.Array  # [Vd, E]: rows of the target head (the head itself when Vd = V)
+    weight: Weight  # [Vd, E]: rows of the target head (the head itself when Vd = V)
     draft_to_target: jax.Array  # int32[Vd], sorted
     target_vocab_size: int = dataclasses.field(metadata=dict(static=True))
     final_logit_softcap: float | None = dataclasses.field(metadata=dict(static=True))
@@ -59,7 +60,7 @@ class DraftHead:
     def from_target(cls, config: ModelConfig, params: TransformerParams, draft_to_target) -> DraftHead:
         draft_to_target = jnp.asarray(draft_to_target, jnp.int32)
         full = draft_to_target.shape[0] == config.vocab_size  # sorted and unique, so it is the identity
-        weight = params.head if full else jnp.take(params.head, draft_to_target, axis=0)
+        weight = params.head if full else take_rows(params.head, draft_to_target)
         return cls(weight, draft_to_target, config.vocab_size, config.final_logit_softcap)
 
     @property
@@ -68,8 +69,7 @@ class DraftHead:
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32[..., Vd] from final-normed hidden states [..., E] (the target's head, same soft-capping)."""
-        out = jnp.einsum("...e,ve->...v", hidden, self.weight.astype(hidden.dtype),
-                         preferred_element_type=jnp.float32)
+        out = linear(hidden, self.weight, preferred_element_type=jnp.float32)
         if self.final_logit_softcap is not None:
             out = jnp.tanh(out / self.final_logit_softcap) * self.final_logit_softcap
         return out

@@ -14,12 +14,14 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from dspark_jax.atomic_file import write_atomically
+from dspark_jax.kernels.linear import lookup
 from dspark_jax.models.config import ConfigError, ModelConfig
 from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import VocabMap
@@ -33,7 +35,8 @@ FORMAT_VERSION = 2
 
 def target_fingerprint(config: ModelConfig, params: TransformerParams) -> str:
     """Identity of a target: its architecture plus a sample of its embedding (distinguishes fine-tunes)."""
-    sample = np.asarray(params.embed[:: max(1, params.embed.shape[0] // 64), :64], np.float32)
+    rows = jnp.arange(0, params.embed.shape[0], max(1, params.embed.shape[0] // 64))
+    sample = np.asarray(lookup(params.embed, rows)[:, :64], np.float32)
     return hashlib.sha256(repr(config).encode() + sample.tobytes()).hexdigest()[:16]
 
 

@@ -27,6 +27,7 @@ import gguf
 import jax.numpy as jnp
 import numpy as np
 
+from dspark_jax.kernels.packed_matrix import PackedMatrix, supported_reason
 from dspark_jax.models.config import FAMILIES, ConfigError, LayerType, ModelConfig, RopeConfig
 from dspark_jax.models.params import LayerParams, TransformerParams, expected_shapes, params_from_arrays
 
@@ -364,9 +365,14 @@ def unpermute_rope_rows(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def load_gguf(
-    path: Path, dtype=jnp.float32, progress: Callable[[int, int], None] | None = None
+    path: Path, dtype=jnp.float32, progress: Callable[[int, int], None] | None = None, packed: bool = False
 ) -> tuple[ModelConfig, TransformerParams]:
-    """Config and dequantized weights in `dtype`; `progress(done, total)` is called after each tensor."""
+    """Config and weights; `progress(done, total)` is called after each tensor.
+
+    By default every tensor is dequantized into `dtype` arrays. packed=True keeps each matrix as the file
+    stores it, a `PackedMatrix` for the CPU kernels (a format they lack becomes float32 rows), so the
+    float32 copy of the model never exists.
+    """
     header = read_gguf_header(path)
     config = _config(header)
     plan = _plan(header, config)
@@ -375,10 +381,18 @@ def load_gguf(
     total, done = sum(len(parts) for parts in plan.values()), 0
     arrays = {}
     for key, parts in plan.items():
+        stacked = key.startswith("layers.")
+        if packed and len(parts[0].shape) == 2:
+            matrices = tuple(_packed(header, config, key, t, want[key][1:] if stacked else want[key]) for t in parts)
+            arrays[key] = matrices if stacked else matrices[0]
+            done += len(parts)
+            if progress is not None:
+                progress(done, total)
+            continue
         arrays[key] = np.empty(want[key], host_dtype)
         for i, tensor in enumerate(parts):
-            dest = arrays[key][i] if key.startswith("layers.") else arrays[key]
-            if config.family == "llama" and key in ("layers.q", "layers.k", "layers.q_bias", "layers.k_bias"):
+            dest = arrays[key][i] if stacked else arrays[key]
+            if _rope_permuted(config, key):
                 heads = config.num_heads if key.startswith("layers.q") else config.num_kv_heads
                 dest[...] = unpermute_rope_rows(_dequantize(header, tensor), heads).reshape(dest.shape)
             else:
@@ -387,3 +401,27 @@ def load_gguf(
             if progress is not None:
                 progress(done, total)
     return config, params_from_arrays(config, arrays, dtype)
+
+
+def _rope_permuted(config: ModelConfig, key: str) -> bool:
+    return config.family == "llama" and key in ("layers.q", "layers.k", "layers.q_bias", "layers.k_bias")
+
+
+def _packed(header: GGUFHeader, config: ModelConfig, key: str, tensor: GGUFTensor, shape: tuple[int, ...]
+            ) -> PackedMatrix | np.ndarray:
+    """One matrix as a `PackedMatrix` of logical `shape`: its stored blocks where the kernels read that
+    format, float32 rows otherwise (a plain float32 array where the kernels cannot
+    take the width at all). Rows are whole blocks, so llama's RoPE row permutation applies to stored
+    bytes as it does to values."""
+    fmt = tensor.qtype.name.lower()
+    if supported_reason(fmt, tensor.shape[1]) is None:
+        rows = np.memmap(header.path, np.uint8, "r", tensor.offset, (tensor.nbytes,)).reshape(tensor.shape[0], -1)
+    else:
+        fmt, rows = "f32", _dequantize(header, tensor)
+    rows = np.asarray(rows)
+    if _rope_permuted(config, key):
+        heads = config.num_heads if key.startswith("layers.q") else config.num_kv_heads
+        rows = unpermute_rope_rows(rows, heads)
+    if supported_reason(fmt, tensor.shape[1]) is not None:
+        return rows.reshape(shape)
+    return PackedMatrix.pack(np.ascontiguousarray(rows), fmt, shape)

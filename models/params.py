@@ -11,13 +11,17 @@ Optional pieces (biases, QK-norm, Gemma's post-norms, an untied head) are `None`
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dspark_jax.kernels.packed_matrix import PackedMatrix, supported_reason
 from dspark_jax.models.config import ConfigError, ModelConfig
+
+Packed = PackedMatrix | tuple[PackedMatrix, ...]
 
 
 @jax.tree_util.register_dataclass
@@ -26,6 +30,7 @@ class LayerParams:
     """One decoder layer."""
 
     attn_norm: jax.Array  # [E]
+    # Matrices are arrays or, on the CPU kernels' path, `PackedMatrix`es of the same logical shape.
     q: jax.Array  # [H, D, E]
     k: jax.Array  # [KVH, D, E]
     v: jax.Array  # [KVH, D, E]
@@ -126,11 +131,14 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def params_from_arrays(config: ModelConfig, arrays: dict[str, np.ndarray], dtype=jnp.float32) -> TransformerParams:
+def params_from_arrays(config: ModelConfig, arrays: dict[str, np.ndarray | Packed], dtype=jnp.float32
+                       ) -> TransformerParams:
     """Builds the pytree from flat arrays keyed as `expected_shapes` names them, checking every shape.
 
     Loaders produce the flat dict; this is the single place that decides what a complete, consistent set
     of weights for `config` is, so a truncated or mismatched checkpoint fails here with the offending name.
+    A matrix may come packed for the CPU kernels (a `PackedMatrix`, or for a stacked key a tuple of one
+    per layer); packed matrices keep their stored form, everything else is cast to `dtype`.
     """
 
     want = expected_shapes(config)
@@ -141,18 +149,53 @@ def params_from_arrays(config: ModelConfig, arrays: dict[str, np.ndarray], dtype
     if unexpected:
         raise ConfigError(f"checkpoint has tensors the config does not use, e.g. {unexpected[:4]}")
     for name, shape in want.items():
-        if tuple(arrays[name].shape) != shape:
+        if _shape(arrays[name]) != shape:
             raise ConfigError(
-                f"tensor {name} has shape {tuple(arrays[name].shape)} but the config implies {shape}; "
+                f"tensor {name} has shape {_shape(arrays[name])} but the config implies {shape}; "
                 "the checkpoint does not belong to this config"
             )
-    cast = {name: jnp.asarray(a, dtype=dtype) for name, a in arrays.items() if not name.startswith("layers.")}
+
+    def cast(a):
+        return a if isinstance(a, PackedMatrix) else jnp.asarray(a, dtype=dtype)
+
+    flat = {name: cast(a) for name, a in arrays.items() if not name.startswith("layers.")}
     stacked = {name.split(".", 1)[1]: a for name, a in arrays.items() if name.startswith("layers.")}
-    layers = tuple(LayerParams(**{name: jnp.asarray(a[i], dtype=dtype) for name, a in stacked.items()})
+    layers = tuple(LayerParams(**{name: cast(a[i]) for name, a in stacked.items()})
                    for i in range(config.num_layers))
     return TransformerParams(
-        embed=cast["embed"], layers=layers, final_norm=cast["final_norm"], lm_head=cast.get("lm_head")
+        embed=flat["embed"], layers=layers, final_norm=flat["final_norm"], lm_head=flat.get("lm_head")
     )
+
+
+def _shape(a: np.ndarray | Packed) -> tuple[int, ...]:
+    if isinstance(a, tuple):  # one packed matrix per layer
+        return (len(a), *a[0].shape) if all(m.shape == a[0].shape for m in a) else (len(a), -1)
+    return tuple(a.shape)
+
+
+def matrix_columns(axes: tuple[str, ...], shape: tuple[int, ...]) -> int | None:
+    """The input width of a linear weight of these logical axes ([out, in] layout: a weight that produces
+    the embedding reads all its other axes, the rest read their last), None for vectors."""
+    if len(axes) < 2:
+        return None
+    return math.prod(shape[1:]) if axes[0] == "embed" else shape[-1]
+
+
+def pack_float32(params: TransformerParams) -> TransformerParams:
+    """The same model with every float32 matrix the CPU kernels can take as packed float32 rows."""
+
+    def pack(a, axes):
+        cols = None if a is None or isinstance(a, PackedMatrix) else matrix_columns(axes, a.shape)
+        if cols is None or a.dtype != jnp.float32 or supported_reason("f32", cols) is not None:
+            return a
+        return PackedMatrix.pack(np.asarray(a).reshape(-1, cols), "f32", a.shape)
+
+    layers = tuple(dataclasses.replace(layer, **{f.name: pack(getattr(layer, f.name), LayerParams.AXES[f.name])
+                                                 for f in dataclasses.fields(LayerParams)})
+                   for layer in params.layers)
+    axes = TransformerParams.AXES
+    return TransformerParams(embed=pack(params.embed, axes["embed"]), layers=layers, final_norm=params.final_norm,
+                             lm_head=pack(params.lm_head, axes["lm_head"]))
 
 
 def init_params(config: ModelConfig, key: jax.Array, dtype=jnp.float32, std: float = 0.02) -> TransformerParams:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from dspark_jax.kernels.attention import attention
+from dspark_jax.kernels.linear import linear, lookup
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.kv_cache import KVCache, causal_mask
 from dspark_jax.models.params import LayerParams, TransformerParams
@@ -48,11 +49,6 @@ def _activation(config: ModelConfig, x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=True) if config.activation == "gelu_tanh" else jax.nn.silu(x)
 
 
-def _linear(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x: [B, T, in] times w: [out, in] → [B, T, out]."""
-    return jnp.einsum("bti,oi->bto", x, w)
-
-
 def _project_heads(x: jax.Array, w: jax.Array) -> jax.Array:
     """x: [B, T, E] times w: [N, D, E] → [B, T, N, D].
 
@@ -60,7 +56,7 @@ def _project_heads(x: jax.Array, w: jax.Array) -> jax.Array:
     the head-split einsum several times slower than a plain matrix product.
     """
     heads, head_dim, embed = w.shape
-    return _linear(x, w.reshape(heads * head_dim, embed)).reshape(*x.shape[:2], heads, head_dim)
+    return linear(x, w.reshape(heads * head_dim, embed)).reshape(*x.shape[:2], heads, head_dim)
 
 
 def _layer(
@@ -96,13 +92,13 @@ def _layer(
 
     attn = attention(q, k_cache[index], v_cache[index], mask, scale=config.scale,
                      logit_softcap=config.attn_logit_softcap)
-    h = _linear(attn.reshape(*attn.shape[:2], -1), layer.o.reshape(layer.o.shape[0], -1))
+    h = linear(attn.reshape(*attn.shape[:2], -1), layer.o.reshape(layer.o.shape[0], -1))
     if layer.attn_post_norm is not None:
         h = rms_norm(h, layer.attn_post_norm, eps)
     x = x + h
 
     h = rms_norm(x, layer.mlp_norm, eps)
-    h = _linear(_activation(config, _linear(h, layer.gate)) * _linear(h, layer.up), layer.down)
+    h = linear(_activation(config, linear(h, layer.gate)) * linear(h, layer.up), layer.down)
     if layer.mlp_post_norm is not None:
         h = rms_norm(h, layer.mlp_post_norm, eps)
     return x + h, k_cache, v_cache
@@ -161,13 +157,13 @@ def forward(
 
 def embed(params: TransformerParams, tokens: jax.Array, *, config: ModelConfig) -> jax.Array:
     """[..., E] input embeddings of token ids [...] (scaled as the family requires; drafters share them)."""
-    x = jnp.take(params.embed, tokens, axis=0)
+    x = lookup(params.embed, tokens)
     return (x * jnp.asarray(config.embed_scale, x.dtype)) if config.embed_scale != 1.0 else x
 
 
 def logits(params: TransformerParams, hidden: jax.Array, *, config: ModelConfig) -> jax.Array:
     """float32[..., V] from final-normed hidden states [..., E]."""
-    out = jnp.einsum("...e,ve->...v", hidden, params.head, preferred_element_type=jnp.float32)
+    out = linear(hidden, params.head, preferred_element_type=jnp.float32)
     if config.final_logit_softcap is not None:
         out = jnp.tanh(out / config.final_logit_softcap) * config.final_logit_softcap
     return out

@@ -45,3 +45,8 @@ if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -e ".$extras"
   echo "$stamp" > "$stamp_file"
 fi
+
+# The CPU kernels (C++ behind XLA's FFI) are compiled here, for this machine, into ~/.cache/dspark-jax;
+# without a C++ compiler the project still runs, on the pure-XLA path (docs/kernels.md).
+.venv/bin/python -m dspark_jax.kernels.cpu_kernels \
+  || echo "bootstrap: the CPU kernels were not built; dspark-jax will use the slower XLA path" >&2
