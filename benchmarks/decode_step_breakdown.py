@@ -25,7 +25,7 @@ VERIFY_WIDTH = 8
 
 
 def main() -> None:
-    target = load_target()
+    target = load_target(weights="xla")  # the float32 XLA path; benchmarks/verify_cost.py compares the others
     config, params = target.config, target.params
     cache = KVCache.empty(config, 1, 256)
     cache = forward(params, jnp.ones((1, 100), jnp.int32), jnp.arange(100)[None], cache, config=config).cache

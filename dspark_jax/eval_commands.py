@@ -85,6 +85,11 @@ def _methods(args: argparse.Namespace, spec, temperatures: tuple[float, ...]):
     return choices
 
 
+def _step_tokens(choices, batch_size: int) -> int:
+    """Tokens of the largest target step a run makes: one form of the weights serves every method."""
+    return batch_size * max(c.template.num_nodes for c in choices)
+
+
 def _build(choices, target) -> list[Method]:
     return [Method(c.name, *c.build(target), c.template, c.scheduled, c.calibration) for c in choices]
 
@@ -97,8 +102,9 @@ def evaluate_command(args: argparse.Namespace) -> None:
     tasks = load_tasks(list(args.tasks), args.limit)
     spec = describe_target(args.target)
     choices = _methods(args, spec, (args.temperature,))
-    resolve_weights(args.weights, spec)
-    target = load_target(spec, weights=args.weights)
+    step_tokens = _step_tokens(choices, args.batch_size)
+    resolve_weights(args.weights, spec, step_tokens=step_tokens)
+    target = load_target(spec, weights=args.weights, step_tokens=step_tokens)
     results = Evaluator(target, config, tasks).evaluate(_build(choices, target))
     written = write_report(results, args.output)
     print((args.output / "results.md").read_text())
@@ -115,8 +121,9 @@ def bench_command(args: argparse.Namespace) -> None:
         raise ValueError(f"task {task.name} has {len(task.prompts)} prompts, fewer than batch {max(args.batch_sizes)}")
     spec = describe_target(args.target)
     choices = _methods(args, spec, args.temperatures)
-    resolve_weights(args.weights, spec)
-    target = load_target(spec, weights=args.weights)
+    step_tokens = _step_tokens(choices, max(args.batch_sizes))
+    resolve_weights(args.weights, spec, step_tokens=step_tokens)
+    target = load_target(spec, weights=args.weights, step_tokens=step_tokens)
     rows = benchmark(target, _build(choices, target), task, args.batch_sizes, args.temperatures, args.max_new_tokens)
     names = [c.name for c in choices]
     print("| T | batch | AR tok/s | " + " | ".join(f"{n} tok/s (x AR, tau)" for n in names) + " |")

@@ -67,14 +67,20 @@ def describe_target(spec: str = DEFAULT_TARGET) -> TargetSpec:
 #            step, and the model is exactly the file's (its blocks decode bit-exactly to the float32 path's)
 #   float32  dequantized float32 rows, multiplied by the CPU kernels
 #   xla      dequantized arrays in `dtype`, multiplied by XLA (GPU/TPU, meshes, training, bfloat16)
-#   auto     gguf for a float32 GGUF target on one CPU device where the kernels are built; xla otherwise
+#   auto     gguf for a float32 GGUF target on one CPU device where the kernels are built, unless a step
+#            processes more than GGUF_MAX_STEP_TOKENS tokens (batch x draft-tree nodes); xla otherwise
 WEIGHTS = ("auto", "gguf", "float32", "xla")
+# The fused kernels read the weights once per 16 tokens, so up to 16 tokens a step they are the faster form;
+# beyond, XLA's float32 GEMM (~300 GFLOP/s here, the kernels ~120) wins: Gemma 3 270M steps on the 2-core
+# development machine, gguf vs xla, 16 tokens 70 vs 94 ms, 32 tokens 149 vs 133 ms (docs/performance.md).
+GGUF_MAX_STEP_TOKENS = 16
 
 
 WEIGHTS_HELP = ("how the target's matrices are held: gguf (as the GGUF file stores them, multiplied by the "
                 "C++ CPU kernels; fastest on a CPU), float32 (dequantized rows, CPU kernels), xla (dequantized "
-                "arrays multiplied by XLA: GPUs, meshes, bfloat16), auto (gguf for a float32 GGUF target on one "
-                "CPU where the kernels are built, else xla; default)")
+                "arrays multiplied by XLA: GPUs, meshes, bfloat16), auto (default: gguf for a float32 GGUF target "
+                f"on one CPU where the kernels are built and no step runs more than {GGUF_MAX_STEP_TOKENS} tokens, "
+                "i.e. batch x draft tokens + batch; else xla)")
 
 
 def add_weights_argument(parser) -> None:
@@ -82,9 +88,11 @@ def add_weights_argument(parser) -> None:
     parser.add_argument("--weights", choices=WEIGHTS, default="auto", help=WEIGHTS_HELP)
 
 
-def resolve_weights(weights: str, spec: TargetSpec, dtype=jnp.float32, mesh: Mesh | None = None) -> str:
-    """The concrete weight form `weights` means for this target; raises ValueError (naming the flag's
-    value and the fix) for a form that cannot serve it."""
+def resolve_weights(weights: str, spec: TargetSpec, dtype=jnp.float32, mesh: Mesh | None = None,
+                    step_tokens: int = 1) -> str:
+    """The concrete weight form `weights` means for this target, whose decode steps process `step_tokens`
+    tokens (batch x tree nodes of a speculative step; prefill aside); raises ValueError (naming the
+    flag's value and the fix) for a form that cannot serve it."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     if weights == "xla":
@@ -99,18 +107,18 @@ def resolve_weights(weights: str, spec: TargetSpec, dtype=jnp.float32, mesh: Mes
     elif weights == "gguf" and spec.path.is_dir():
         problem = f"{spec.path} is a Hugging Face directory, not a GGUF file"
     if weights == "auto":
-        return "xla" if problem or spec.path.is_dir() else "gguf"
+        return "xla" if problem or spec.path.is_dir() or step_tokens > GGUF_MAX_STEP_TOKENS else "gguf"
     if problem:
         raise ValueError(f"weights {weights!r} cannot be used: {problem}; use weights 'xla' (--weights xla)")
     return weights
 
 
 def load_target(spec: str | TargetSpec = DEFAULT_TARGET, dtype=jnp.float32, mesh: Mesh | None = None,
-                rules: ShardingRules = ShardingRules(), weights: str = "auto") -> Target:
-    """Weights in the form `weights` names (see WEIGHTS), placed on `mesh` by `rules` when a mesh is given
-    (else on the default device)."""
+                rules: ShardingRules = ShardingRules(), weights: str = "auto", step_tokens: int = 1) -> Target:
+    """Weights in the form `weights` names (see WEIGHTS, resolve_weights), placed on `mesh` by `rules`
+    when a mesh is given (else on the default device)."""
     described = describe_target(spec) if isinstance(spec, str) else spec
-    weights = resolve_weights(weights, described, dtype, mesh)
+    weights = resolve_weights(weights, described, dtype, mesh, step_tokens)
     if weights == "gguf":
         config, params = load_gguf(described.path, dtype=dtype, packed=True)
     else:

@@ -21,7 +21,7 @@ import pytest
 from test_gguf_loader import family_config, random_arrays, write_gguf
 from tiny_models import FAMILIES, tiny_config
 
-from dspark_jax import speculative
+from dspark_jax import cli, speculative
 from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.kernels import cpu_kernels
 from dspark_jax.kernels.linear import linear, lookup
@@ -31,7 +31,7 @@ from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import init_params, pack_float32
 from dspark_jax.models.transformer import forward, logits
 from dspark_jax.proposers.ngram import NgramProposer
-from dspark_jax.target import describe_target, load_target, resolve_target, resolve_weights
+from dspark_jax.target import GGUF_MAX_STEP_TOKENS, describe_target, load_target, resolve_target, resolve_weights
 from dspark_jax.tree import TreeTemplate
 
 pytestmark = pytest.mark.skipif(cpu_kernels.unavailable_reason() is not None,
@@ -180,11 +180,25 @@ def test_real_model_greedy_tokens_equal_across_weight_forms():
 def test_weights_choice_and_errors():
     spec = describe_target()
     assert resolve_weights("auto", spec) == "gguf"
+    assert resolve_weights("auto", spec, step_tokens=GGUF_MAX_STEP_TOKENS) == "gguf"
+    assert resolve_weights("auto", spec, step_tokens=GGUF_MAX_STEP_TOKENS + 1) == "xla"  # XLA's GEMM is faster
+    assert resolve_weights("gguf", spec, step_tokens=64) == "gguf"  # asked for: served, just slower
     assert resolve_weights("auto", spec, jnp.bfloat16) == "xla"
     with pytest.raises(ValueError, match="bfloat16.*--weights xla"):
         resolve_weights("gguf", spec, jnp.bfloat16)
     with pytest.raises(ValueError, match="weights must be one of"):
         resolve_weights("int4", spec)
+
+
+@pytest.mark.parametrize("flags, problem", [(["--weights", "gguf", "--dtype", "bfloat16"], "bfloat16"),
+                                            (["--weights", "float32", "--mesh", "1x2"], "mesh")])
+def test_cli_refuses_a_weight_form_before_loading(flags, problem, stop_at_load, capsys):
+    stop_at_load(cli)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--prompt", "hi", "--drafter", "none", *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert problem in err and "--weights xla" in err
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:

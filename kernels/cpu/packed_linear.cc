@@ -2,13 +2,12 @@
 //
 // y[n, o] = sum_k x[n, k] * W[o, k], where each row of W is a run of ggml blocks (Q8_0, Q5_0, Q4_K, Q6_K)
 // or plain float32. Weights are decoded 32 at a time straight into registers (decode.h) and multiplied
-// with up to 8 tokens' inputs before the next 32 are read, so a step streams the stored bytes once per
-// 8 tokens: at one token that is about a quarter of the float32 bytes, which is what bounds a decode step,
-// and 8 tokens (a verify step) cost little more than one.
+// with up to 16 tokens' inputs before the next 32 are read, so a step streams the stored bytes once per
+// 16 tokens: at one token that is about a quarter of the float32 bytes, which is what bounds a decode step,
+// and 8 tokens (a verify step) read no more.
 //
 // Every y[n, o] is summed in one order whatever N, the tile shapes, the thread split or the instruction
-// set are: two 16-lane accumulators (k mod 32 below 16 and from 16) fed by fused multiply-adds in k order,
-// added, then a fixed tree over the lanes. So a token's logits do not depend on the batch it is in, and
+// set are: one 16-lane accumulator fed by fused multiply-adds in k order, then a fixed tree over the lanes. So a token's logits do not depend on the batch it is in, and
 // decoded weights are bit-identical to gguf-py's `dequantize`: the model is exactly the GGUF's model.
 //
 // Built by dspark_jax/kernels/cpu_kernels.py with the system C++ compiler against the XLA FFI headers
@@ -31,20 +30,21 @@ namespace {
 using namespace dspark;
 
 #if defined(__AVX512F__)
-constexpr int kAccumulators = 8;  // token x row pairs per tile, 2 vectors each: 16 of the 32 registers
+constexpr int kAccumulators = 16;  // token x row pairs per tile, one vector each: 16 of the 32 registers
 #else
-constexpr int kAccumulators = 4;  // 2 x 2 AVX2 registers each: 16 of the 16 ymm registers hold the rest
+constexpr int kAccumulators = 4;  // 2 AVX2 registers each: 8 of the 16, the rest hold weights and inputs
 #endif
 constexpr int kMaxTileTokens = kAccumulators;
 constexpr int64_t kPanelTokens = 64;  // tokens whose inputs stay in L2 while a chunk of rows passes
 constexpr int64_t kChunkRows = 32;    // output rows one thread claims at a time
 
-// y[t, r] for NT tokens x NR rows; x rows have stride `cols`, y rows `y_stride`.
+// y[t, r] for NT tokens x NR rows; x rows have stride `cols`, y rows `y_stride`. The NR rows' next 32
+// weights are decoded into registers, then each token's 32 inputs are loaded once and used NR times.
 template <class F, int NT, int NR>
 void tile(const float* x, int64_t cols, const uint8_t* w, int64_t row_bytes, float* y, int64_t y_stride) {
-  F32x16 acc[NT][NR][2];
+  F32x16 acc[NT][NR];
   for (int t = 0; t < NT; ++t)
-    for (int r = 0; r < NR; ++r) acc[t][r][0] = acc[t][r][1] = zero();
+    for (int r = 0; r < NR; ++r) acc[t][r] = zero();
   const int64_t blocks_per_row = cols / (32 * F::kChunks), block_bytes = row_bytes / blocks_per_row;
   for (int64_t b = 0; b < blocks_per_row; ++b) {
     typename F::Block blocks[NR];
@@ -56,40 +56,42 @@ void tile(const float* x, int64_t cols, const uint8_t* w, int64_t row_bytes, flo
         _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
     }
     for (int j = 0; j < F::kChunks; ++j) {
-      for (int r = 0; r < NR; ++r) {
-        F32x16 wv[2];
-        F::chunk(blocks[r], j, wv);
-        for (int t = 0; t < NT; ++t) {
-          const float* xc = x + t * cols + 32 * (b * F::kChunks + j);
-          acc[t][r][0] = fma(load(xc), wv[0], acc[t][r][0]);
-          acc[t][r][1] = fma(load(xc + 16), wv[1], acc[t][r][1]);
-        }
+      F32x16 wv[NR][2];
+      for (int r = 0; r < NR; ++r) F::chunk(blocks[r], j, wv[r]);
+      const int64_t k = 32 * (b * F::kChunks + j);
+      for (int t = 0; t < NT; ++t) {
+        const F32x16 x0 = load(x + t * cols + k), x1 = load(x + t * cols + k + 16);
+        for (int r = 0; r < NR; ++r) acc[t][r] = fma(x1, wv[r][1], fma(x0, wv[r][0], acc[t][r]));
       }
     }
   }
   for (int t = 0; t < NT; ++t)
-    for (int r = 0; r < NR; ++r) y[t * y_stride + r] = lane_sum(add(acc[t][r][0], acc[t][r][1]));
+    for (int r = 0; r < NR; ++r) y[t * y_stride + r] = lane_sum(acc[t][r]);
 }
 
-// The rows per tile for `nt` tokens: as many as the accumulators allow.
-constexpr int rows_for(int nt) { return std::max(1, kAccumulators / nt); }
-
+// NT tokens against `rows` rows: tiles of as many rows as the accumulators allow, then single rows.
 template <class F, int NT>
 void tokens_tile(const float* x, int64_t cols, const uint8_t* w, int64_t row_bytes, int64_t rows, float* y,
                  int64_t y_stride) {
-  constexpr int NR = rows_for(NT);
+  constexpr int NR = std::max(1, kAccumulators / NT);
   int64_t r = 0;
   for (; r + NR <= rows; r += NR) tile<F, NT, NR>(x, cols, w + r * row_bytes, row_bytes, y + r, y_stride);
   for (; r < rows; ++r) tile<F, NT, 1>(x, cols, w + r * row_bytes, row_bytes, y + r, y_stride);
 }
 
+// `tokens` tokens (at most kMaxTileTokens) as tiles of powers of two, largest first.
 template <class F, int NT = kMaxTileTokens>
-void any_tokens_tile(int nt, const float* x, int64_t cols, const uint8_t* w, int64_t row_bytes, int64_t rows,
-                     float* y, int64_t y_stride) {
-  if constexpr (NT > 1) {
-    if (nt < NT) return any_tokens_tile<F, NT - 1>(nt, x, cols, w, row_bytes, rows, y, y_stride);
+void any_tokens_tile(int64_t tokens, const float* x, int64_t cols, const uint8_t* w, int64_t row_bytes,
+                     int64_t rows, float* y, int64_t y_stride) {
+  if (tokens >= NT) {
+    tokens_tile<F, NT>(x, cols, w, row_bytes, rows, y, y_stride);
+    x += NT * cols;
+    y += NT * y_stride;
+    tokens -= NT;
   }
-  tokens_tile<F, NT>(x, cols, w, row_bytes, rows, y, y_stride);
+  if constexpr (NT > 1) {
+    if (tokens > 0) any_tokens_tile<F, NT / 2>(tokens, x, cols, w, row_bytes, rows, y, y_stride);
+  }
 }
 
 // Runs body(0..items-1) on the caller and the XLA intra-op pool. Helpers claim items from a shared
@@ -153,7 +155,7 @@ ffi::Error PackedLinear(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
       const int64_t r0 = chunk * kChunkRows, nr = std::min(rows, r0 + kChunkRows) - r0;
       const int64_t t1 = std::min(tokens, (panel + 1) * kPanelTokens);
       for (int64_t t = panel * kPanelTokens; t < t1; t += kMaxTileTokens) {
-        const int nt = static_cast<int>(std::min<int64_t>(kMaxTileTokens, t1 - t));
+        const int64_t nt = std::min<int64_t>(kMaxTileTokens, t1 - t);
         any_tokens_tile<F>(nt, xp + t * cols, cols, wp + r0 * row_bytes, row_bytes, nr, yp + t * rows + r0, rows);
       }
     });
@@ -162,7 +164,7 @@ ffi::Error PackedLinear(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
 }
 
 // w: u8[M, row_bytes] -> y: f32[M, K] (embedding lookups read rows this way).
-ffi::Error DecodeRows(ffi::Buffer<ffi::U8> w, ffi::ResultBuffer<ffi::F32> y, int64_t format) {
+ffi::Error DecodeRows(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> w, ffi::ResultBuffer<ffi::F32> y, int64_t format) {
   const auto wd = w.dimensions(), yd = y->dimensions();
   if (wd.size() != 2 || yd.size() != 2 || wd[0] != yd[0]) return ffi::Error::InvalidArgument("bad shapes");
   const int64_t rows = wd[0], row_bytes = wd[1], cols = yd[1];
@@ -170,18 +172,20 @@ ffi::Error DecodeRows(ffi::Buffer<ffi::U8> w, ffi::ResultBuffer<ffi::F32> y, int
     using F = decltype(f);
     if (F::row_bytes(cols) != row_bytes || row_bytes == 0)
       return ffi::Error::InvalidArgument("weight rows do not hold `cols` elements of this format");
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t b = 0; b < cols / (32 * F::kChunks); ++b) {
-        const typename F::Block block = F::begin(w.typed_data() + r * row_bytes, b);
-        for (int j = 0; j < F::kChunks; ++j) {
-          F32x16 out[2];
-          F::chunk(block, j, out);
-          float* y_chunk = y->typed_data() + r * cols + 32 * (b * F::kChunks + j);
-          store(y_chunk, out[0]);
-          store(y_chunk + 16, out[1]);
+    parallel_for(pool, (rows + kChunkRows - 1) / kChunkRows, [&](int64_t chunk) {
+      for (int64_t r = chunk * kChunkRows; r < std::min(rows, (chunk + 1) * kChunkRows); ++r) {
+        for (int64_t b = 0; b < cols / (32 * F::kChunks); ++b) {
+          const typename F::Block block = F::begin(w.typed_data() + r * row_bytes, b);
+          for (int j = 0; j < F::kChunks; ++j) {
+            F32x16 out[2];
+            F::chunk(block, j, out);
+            float* y_chunk = y->typed_data() + r * cols + 32 * (b * F::kChunks + j);
+            store(y_chunk, out[0]);
+            store(y_chunk + 16, out[1]);
+          }
         }
       }
-    }
+    });
     return ffi::Error::Success();
   });
 }
@@ -198,6 +202,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(dspark_packed_linear, PackedLinear,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(dspark_decode_rows, DecodeRows,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::U8>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("format"));
