@@ -1,6 +1,7 @@
 """The hardware-aware scheduler's cost table on this machine: one engine step's wall time by verified depth.
 
-    .venv/bin/python benchmarks/scheduler_profile.py [--drafter dspark] [--batch-sizes 1,4,8] [--temperature 0]
+    .venv/bin/python benchmarks/scheduler_profile.py [--drafter dspark] [--batch-sizes 1,4,8] [--temperature 0] \
+        [--weights auto]
 
 For each batch size, `profile_scheduler` times a whole step (draft, verify ℓ tokens per row, accept, drafter
 update) for ℓ = 0..γ, as `--schedule hardware` does at start, and prints it with the mean survival
@@ -28,12 +29,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--drafter", default="dspark")
     parser.add_argument("--batch-sizes", default="1,4,8")
+    parser.add_argument("--weights", default="auto", help="the target's weight form (load_target's WEIGHTS)")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     args = parser.parse_args()
     spec = describe_target("default")
     choice = resolve_drafter(args.drafter, spec)
-    target = load_target(spec)
+    target = load_target(spec, weights=args.weights)
     proposer, proposer_params = choice.build(target)
     tokenizer = target.tokenizer
     prompts = [tokenizer.encode(tokenizer.chat_prompt(p)) for p in load_tasks(["mt-bench"])[0].prompts]
