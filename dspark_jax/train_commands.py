@@ -97,6 +97,14 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
 TRAINING_WEIGHTS = "xla"
 
 
+def _require_positive(args: argparse.Namespace, *flags: str) -> None:
+    """Refuses, before anything loads, a value below 1 for any of these integer flags (named as typed)."""
+    for flag in flags:
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+
+
 def _sequences(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, loss_mask) [N, --length] of the first --max-sequences prepared sequences."""
     shards = sorted(Path(args.data).glob("sequences-*.npz"))
@@ -116,8 +124,8 @@ def prepare_data(args: argparse.Namespace) -> None:
     config = RegenerateConfig(args.max_new_tokens, args.max_prompt_tokens,
                               SamplingConfig(args.temperature, args.top_k, args.top_p), args.shard_size,
                               args.batch_size)
-    if args.num_prompts < 1:
-        raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
+    _require_positive(args, "--num-prompts", "--max-prompt-tokens", "--max-new-tokens", "--batch-size",
+                      "--shard-size")
     spec = describe_target(args.target)
     train_prompts, held_out = split(first_turns())
     args.out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +142,7 @@ def _layers(spec, num_features: int) -> tuple[int, ...]:
 
 
 def prepare_cache(args: argparse.Namespace) -> None:
+    _require_positive(args, "--length", "--num-features", "--shard-size")
     tokens, loss_mask = _sequences(args)
     spec = describe_target(args.target)
     layers = _layers(spec, args.num_features)
@@ -159,6 +168,8 @@ def _dspark_loss_weights(args: argparse.Namespace) -> DSparkLossWeights:
 
 
 def train(args: argparse.Namespace) -> None:
+    _require_positive(args, "--steps", "--batch-size", "--length", "--block-size", "--layers", "--rank",
+                      "--anchors", "--checkpoint-every")
     if args.drafter == "eagle3" and args.layers != 1:
         raise ValueError(f"an EAGLE-3 drafter has exactly one layer: drop --layers {args.layers}")
     if args.num_features is None:
@@ -180,8 +191,6 @@ def train(args: argparse.Namespace) -> None:
     drafter = DrafterConfig.for_target(spec.config, num_layers=args.layers, block_size=args.block_size,
                                        num_features=args.num_features,
                                        compute_dtype="bfloat16" if args.bf16 else "float32")
-    if args.anchors < 1:
-        raise ValueError(f"--anchors must be >= 1, got {args.anchors}")
     train_config = TrainConfig(learning_rate=args.learning_rate, warmup_steps=max(1, args.steps // 25),
                                total_steps=args.steps, anchors_per_sequence=args.anchors,
                                loss=_dspark_loss_weights(args))

@@ -49,11 +49,18 @@ def test_train_needs_prepared_data(tmp_path, capsys):
     assert exit_info.value.code == 2 and "prepare-data" in capsys.readouterr().err
 
 
-def test_anchors_must_be_positive(data, tmp_path, capsys):
+@pytest.mark.parametrize("command, flag, value", [
+    ("train", "--anchors", "0"), ("train", "--steps", "0"), ("train", "--steps", "-5"),
+    ("train", "--checkpoint-every", "0"), ("train", "--batch-size", "0"), ("prepare-cache", "--length", "0"),
+    ("prepare-data", "--shard-size", "0"), ("prepare-data", "--batch-size", "0")])
+def test_counts_must_be_positive_before_anything_loads(data, tmp_path, command, flag, value, capsys, stop_at_load):
+    """--steps 0 used to export an untrained drafter with exit 0; the others failed after loading."""
+    stop_at_load(train_commands)
+    args = {"train": ["--drafter", "dflash", "--data", str(data)], "prepare-cache": ["--data", str(data)],
+            "prepare-data": []}[command]
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", "--drafter", "dflash", "--target", TINY, "--data", str(data), "--out", str(tmp_path),
-                  "--anchors", "0"])
-    assert exit_info.value.code == 2 and "--anchors must be >= 1" in capsys.readouterr().err
+        cli.main([command, *args, "--target", TINY, "--out", str(tmp_path / "out"), flag, value])
+    assert exit_info.value.code == 2 and f"{flag} must be >= 1, got {value}" in capsys.readouterr().err
 
 
 def test_dspark_loss_weights_reach_the_logged_loss(data, tmp_path, capsys):
