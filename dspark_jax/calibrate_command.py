@@ -66,8 +66,7 @@ def calibrate_command(args: argparse.Namespace) -> None:
     if choice is None or not choice.has_confidence or choice.directory is None:
         raise ValueError(f"--drafter {args.drafter} is not a DSpark drafter directory: only DSpark has a confidence "
                          "head to calibrate")
-    step_tokens = args.batch_size * choice.template.num_nodes
-    resolve_weights(args.weights, spec, step_tokens=step_tokens)
+    weights = resolve_weights(args.weights, spec, step_tokens=args.batch_size * choice.template.num_nodes)
     if not os.access(choice.directory, os.W_OK):
         raise ValueError(f"cannot write {choice.directory / CALIBRATION_FILE}: copy the drafter directory somewhere "
                          "writable and pass that")
@@ -77,7 +76,7 @@ def calibrate_command(args: argparse.Namespace) -> None:
     if not prompts:
         raise ValueError(f"no prompt of {args.prompts} fits --max-prompt-tokens {args.max_prompt_tokens}")
 
-    target = load_target(spec, weights=args.weights, step_tokens=step_tokens)
+    target = load_target(spec, weights=weights)
     method = Method(choice.name, *choice.build(target), choice.template)
     config = EvalConfig(args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
     evaluator = Evaluator(target, config, [Task("calibration", tuple(prompts))])

@@ -74,9 +74,9 @@ def _generate(args: argparse.Namespace) -> None:
     pad_prompts(spec.config, prompts, generation, reserve=choice.template.num_nodes if choice else 0)
     mesh = make_mesh(*args.mesh) if args.mesh else None
     step_tokens = len(prompts) * (choice.template.num_nodes if choice else 1)
-    resolve_weights(args.weights, spec, DTYPES[args.dtype], mesh, step_tokens)  # fails before loading
+    weights = resolve_weights(args.weights, spec, DTYPES[args.dtype], mesh, step_tokens)  # fails before loading
 
-    target = load_target(spec, dtype=DTYPES[args.dtype], mesh=mesh, weights=args.weights, step_tokens=step_tokens)
+    target = load_target(spec, dtype=DTYPES[args.dtype], mesh=mesh, weights=weights)
     if choice is not None:
         proposer, proposer_params = choice.build(target)
         _speculate(args, target, prompts, generation, proposer, proposer_params, choice)
