@@ -1,13 +1,14 @@
 """Lossless acceptance of a draft tree: the longest path the target agrees with, plus one target token.
 
-One rule serves greedy and sampling, chains and trees (DESIGN.md §2). At a node with target distribution
-p, the children are tried in order; child x proposed from q is accepted with probability min(1, p(x)/q(x)),
-and on rejection p becomes normalize(max(0, p - q)) before the next sibling. A deterministic proposal has
-one-hot q, which gives the sibling rule "accept with p(x), else zero p(x) and renormalise". When no child
-is accepted (or the path ends) the bonus token is drawn from what is left of p. Greedy decoding is the
-special case of one-hot p (the target's argmax): acceptance is then exact match and the bonus is the argmax,
-so greedy output equals the target's own token for token. `accept_greedy` is that special case computed from
-the argmax tokens alone, so greedy verification never builds [B, N, V] one-hot distributions (tested equal).
+One rule serves greedy and sampling, chains and trees (speculative sampling, Leviathan et al. 2023, with
+SpecInfer's sibling rule for trees). At a node with target distribution p, the children are tried in order;
+child x proposed from q is accepted with probability min(1, p(x)/q(x)), and on rejection p becomes
+normalize(max(0, p - q)) before the next sibling. A deterministic proposal has one-hot q, which gives the
+sibling rule "accept with p(x), else zero p(x) and renormalise". When no child is accepted (or the path ends)
+the bonus token is drawn from what is left of p. Greedy decoding is the special case of one-hot p (the
+target's argmax): acceptance is then exact match and the bonus is the argmax, so greedy output equals the
+target's own token for token. `accept_greedy` is that special case computed from the argmax tokens alone, so
+greedy verification never builds [B, N, V] one-hot distributions (tested equal).
 
 `verify_depth` (int32[], optional) says how deep the target verified: nodes below it are never accepted,
 so the walk stops there and the bonus comes from the target's distribution at the last verified node,

@@ -23,11 +23,11 @@ class SamplingConfig:
 
     def __post_init__(self):
         if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
-            raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {self.temperature!r}")
+            raise ValueError(f"temperature (--temperature) must be >= 0 (0 = greedy), got {self.temperature!r}")
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise ValueError(f"top_k must be an integer >= 0 (0 = no top-k filter), got {self.top_k!r}")
+            raise ValueError(f"top_k (--top-k) must be an integer >= 0 (0 = no top-k filter), got {self.top_k!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus filter), got {self.top_p!r}")
+            raise ValueError(f"top_p (--top-p) must be in (0, 1] (1 = no nucleus filter), got {self.top_p!r}")
 
     @property
     def greedy(self) -> bool:
@@ -144,3 +144,22 @@ def sample(logits: jax.Array, keys: jax.Array, config: SamplingConfig) -> jax.Ar
     if config.greedy:
         return argmax(logits)
     return categorical(keys, filtered_logits(logits, config))
+
+
+def expand_candidates(logits: jax.Array, width: int, sampling: SamplingConfig,
+                      key: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """The W candidates of one depth from draft logits [B, V]: (int32[B, W], q [B, V] or None).
+
+    Greedy: the top-W tokens, all deterministic. Sampling: the main token is drawn from q (the draft's
+    distribution after the same temperature / top-k / top-p as the target) and the siblings are the most
+    likely other tokens, deterministic proposals.
+    """
+    if sampling.greedy:
+        return jax.lax.top_k(logits, width)[1].astype(jnp.int32), None
+    q = probabilities(logits, sampling)
+    main = categorical(jax.random.split(key, logits.shape[0]), jnp.log(q))
+    if width == 1:
+        return main[:, None], q
+    others = jnp.where(jax.nn.one_hot(main, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+    siblings = jax.lax.top_k(others, width - 1)[1].astype(jnp.int32)
+    return jnp.concatenate([main[:, None], siblings], axis=1), q

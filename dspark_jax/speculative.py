@@ -23,13 +23,13 @@ import numpy as np
 from dspark_jax.acceptance import accept, accept_greedy
 from dspark_jax.generate import GenerationConfig, pad_prompts, prefill_prompt, round_up
 from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.drafter_calibration import DrafterCalibration
 from dspark_jax.models.kv_cache import KVCache, keep_path
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import forward, logits
 from dspark_jax.proposers.base import DraftContext, Prefilled, Proposer, Verified
 from dspark_jax.sampling import argmax, probabilities, sample
 from dspark_jax.scheduler import PrefixScheduler
-from dspark_jax.temperature_scaling import DrafterCalibration
 from dspark_jax.tree import TreeTemplate, verify_mask, verify_positions
 
 

@@ -9,26 +9,20 @@ fixed. c ↦ σ(logit(c) / T) keeps the order of the confidences, so the head's 
 
 Because T_k never depends on positions after k, a calibration fitted at depth γ serves any depth <= γ.
 A fit is tied to one decoding temperature (acceptance differs between greedy and sampled decoding) and to
-the drafter's weights: `DrafterCalibration` keeps one fit per decoding temperature in `sts.json` beside
-the exported drafter, with a fingerprint of its weights file so a retrained drafter never inherits it.
+the drafter's weights: `models/drafter_calibration.py` stores the fits beside the exported drafter. This
+module is math only, so the scheduler that applies a fit imports nothing else.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dspark_jax.atomic_file import write_atomically
 from dspark_jax.calibration import expected_calibration_error
-from dspark_jax.models.drafter_checkpoint import WEIGHTS
 
-CALIBRATION_FILE = "sts.json"
 # Odd count, symmetric in log space: T = 1 (the raw confidences) is on the grid, so a fit never does worse
 # than no calibration on the data it was fitted to.
 TEMPERATURE_GRID = np.geomspace(0.1, 10.0, 201)
@@ -92,39 +86,3 @@ def fit_sequential_temperatures(confidence: np.ndarray, accepted: np.ndarray, gr
         temperatures.append(float(grid[best]))
         prefix = candidates[best]
     return SequentialTemperatures(tuple(temperatures))
-
-
-def weights_fingerprint(directory: Path) -> str:
-    return hashlib.sha256((Path(directory) / WEIGHTS).read_bytes()).hexdigest()[:16]
-
-
-@dataclasses.dataclass(frozen=True)
-class DrafterCalibration:
-    """The STS fits of one exported drafter, one per decoding temperature it was calibrated at."""
-
-    fits: tuple[tuple[float, SequentialTemperatures], ...]  # (decoding temperature, fit), sorted
-
-    def for_temperature(self, temperature: float) -> SequentialTemperatures | None:
-        return dict(self.fits).get(float(temperature))
-
-    def with_fit(self, temperature: float, fit: SequentialTemperatures) -> DrafterCalibration:
-        return DrafterCalibration(tuple(sorted((dict(self.fits) | {float(temperature): fit}).items())))
-
-    @staticmethod
-    def read(directory: Path) -> DrafterCalibration:
-        """The drafter's fits; none when it was never calibrated, or when its weights changed since (a fit
-        belongs to the weights it was measured on)."""
-        path = Path(directory) / CALIBRATION_FILE
-        if not path.is_file():
-            return DrafterCalibration(())
-        stored = json.loads(path.read_text())
-        if stored.get("weights") != weights_fingerprint(directory):
-            return DrafterCalibration(())
-        return DrafterCalibration(tuple(sorted((float(t), SequentialTemperatures(tuple(fit)))
-                                               for t, fit in stored["temperatures"].items())))
-
-    def write(self, directory: Path) -> None:
-        stored = {"weights": weights_fingerprint(directory),
-                  "temperatures": {f"{t:g}": list(fit.temperatures) for t, fit in self.fits}}
-        text = json.dumps(stored, indent=2)
-        write_atomically(Path(directory) / CALIBRATION_FILE, lambda tmp: Path(tmp).write_text(text))

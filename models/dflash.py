@@ -6,7 +6,7 @@ variant: the anchor is the first prediction slot). The outputs of K target layer
 position are concatenated, projected by `fuse` and normalised; each draft layer turns that context into
 extra keys/values with its own projections. A block attends bidirectionally to itself and to the context
 strictly before its anchor, nothing else. Embedding and LM head are the target's, frozen and never stored
-here (DESIGN.md §3).
+here (as in DFlash and DeepSpec).
 
 Several blocks of one sequence share one context ([B, S] keys/values) and differ only in which context
 positions they may see: training packs many random anchors per sequence this way, inference uses one.
@@ -42,7 +42,7 @@ class DrafterConfig:
     @classmethod
     def for_target(cls, target: ModelConfig, *, num_layers: int = 1, block_size: int = 7, num_features: int = 5,
                    **overrides) -> DrafterConfig:
-        """Sizes taken from the target; K layers spread over its depth, never the last (DESIGN.md §3)."""
+        """Sizes taken from the target; K layers spread over its depth, never the last (DeepSpec's choice)."""
         # Qwen3-8B (36 layers): 1, 9, 17, 25, 33; Gemma 3 270M (18 layers): 1, 4, 8, 11, 15.
         span, last_allowed = max(target.num_layers - 4, 0), max(target.num_layers - 2, 0)
         layers = tuple(sorted({min(1 + i * span // max(num_features - 1, 1), last_allowed)

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dspark_jax.proposers.base import expand_candidates
-from dspark_jax.sampling import SamplingConfig
+from dspark_jax.sampling import SamplingConfig, expand_candidates
 
 
 class DSparkHeads(nnx.Module):

@@ -8,7 +8,6 @@ while a verifier may park tree nodes in scratch slots and later compact the acce
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +26,6 @@ class KVCache:
     v: jax.Array  # [L, B, S, KVH, D]
     positions: jax.Array  # [B, S] int32: position held by each slot, EMPTY_POSITION when free
 
-    AXES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "k": ("layers", "batch", "cache_slots", "kv_heads", "head_dim"),
-        "v": ("layers", "batch", "cache_slots", "kv_heads", "head_dim"),
-        "positions": ("batch", "cache_slots"),
-    }
-
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, size: int, dtype=jnp.float32) -> KVCache:
         shape = (config.num_layers, batch, size, config.num_kv_heads, config.head_dim)
@@ -49,10 +42,6 @@ class KVCache:
     @property
     def batch(self) -> int:
         return self.positions.shape[0]
-
-
-def logical_axes(cache: KVCache) -> KVCache:
-    return KVCache(**KVCache.AXES)
 
 
 def causal_mask(cache_positions: jax.Array, query_positions: jax.Array) -> jax.Array:

@@ -4,7 +4,7 @@ Each decoder layer is its own `LayerParams` (a tuple of them, not arrays stacked
 XLA:CPU copies a layer's weights out of a stacked array before every matrix product, which made a Gemma 3
 270M decode step 25 % slower. Loaders still hand over stacked arrays ('layers.q' [L, H, D, E]);
 `params_from_arrays` splits them. Linear weights are stored [out, in] and contracted on their
-last axis, the layout in which XLA:CPU runs the large vocabulary projection fastest (DESIGN.md §8).
+last axis, the layout in which XLA:CPU runs the large vocabulary projection fastest (and GGUF's own).
 Optional pieces (biases, QK-norm, Gemma's post-norms, an untied head) are `None` when a family lacks them.
 """
 

@@ -1,7 +1,8 @@
 """Logical-axis sharding: one mapping from logical axis names to mesh axes places every array.
 
-Parameters and caches name their axes (`LayerParams.AXES`, `KVCache.AXES`); `ShardingRules` says which
-mesh axis, if any, each logical axis is split over. A dimension that the mesh axis does not divide is
+Parameters name their axes (`LayerParams.AXES`); `ShardingRules` says which mesh axis, if any, each
+logical axis is split over. Only the target's parameters are placed; the KV cache and activations follow
+them through XLA's sharding propagation. A dimension that the mesh axis does not divide is
 replicated instead (Gemma 3 270M has a single KV head, say), so the same rules serve any model and mesh.
 """
 
@@ -18,17 +19,14 @@ from dspark_jax.models import params as params_lib
 
 @dataclasses.dataclass(frozen=True)
 class ShardingRules:
-    """Mesh axis per logical axis; None replicates. Defaults: data-parallel batch, tensor-parallel model."""
+    """Mesh axis per logical axis of the parameters; None replicates. Default: tensor-parallel over 'model'."""
 
-    batch: str | None = "data"
     vocab: str | None = "model"
     heads: str | None = "model"
     kv_heads: str | None = "model"
     ffn: str | None = "model"
     embed: str | None = None
     head_dim: str | None = None
-    layers: str | None = None  # the KV cache's leading axis
-    cache_slots: str | None = None
 
     def spec(self, axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
         names = []

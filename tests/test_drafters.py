@@ -113,7 +113,7 @@ def test_markov_sampling_in_jit_equals_eager_steps(heads):
     key = jax.random.key(7)
     tokens, q, _ = jax.jit(lambda b, h, a: heads.sample_block(b, h, a, 1, sampling, key))(base, hidden, anchor)
     # Eager reference: one step at a time with the same per-step keys.
-    from dspark_jax.proposers.base import expand_candidates
+    from dspark_jax.sampling import expand_candidates
     previous = anchor
     for k, key_k in enumerate(jax.random.split(key, CONFIG.block_size)):
         bias, _ = heads.transition(previous)

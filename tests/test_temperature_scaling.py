@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dspark_jax.models.drafter_calibration import CALIBRATION_FILE, DrafterCalibration
 from dspark_jax.models.drafter_checkpoint import WEIGHTS
 from dspark_jax.temperature_scaling import (
-    CALIBRATION_FILE,
-    DrafterCalibration,
     SequentialTemperatures,
     fit_sequential_temperatures,
     survival_ece,

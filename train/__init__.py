@@ -1,1 +1,1 @@
-"""Drafter training for DSpark, DFlash and EAGLE-3 (not yet implemented; see the drafters issue)."""
+"""Drafter training for DSpark, DFlash and EAGLE-3: data, target features, blocks, losses, steps, the run."""

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from dspark_jax.sampling import SamplingConfig, categorical, probabilities
+from dspark_jax.sampling import SamplingConfig
 from dspark_jax.tree import TreeTemplate
 
 
@@ -86,22 +86,3 @@ class Proposer(Protocol):
                 sampling: SamplingConfig, key: jax.Array) -> tuple[Draft, Any]: ...
 
     def update(self, params: Any, state: Any, verified: Verified) -> Any: ...
-
-
-def expand_candidates(logits: jax.Array, width: int, sampling: SamplingConfig,
-                      key: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    """The W candidates of one depth from draft logits [B, V]: (int32[B, W], q [B, V] or None).
-
-    Greedy: the top-W tokens, all deterministic. Sampling: the main token is drawn from q (the draft's
-    distribution after the same temperature / top-k / top-p as the target) and the siblings are the most
-    likely other tokens, deterministic proposals.
-    """
-    if sampling.greedy:
-        return jax.lax.top_k(logits, width)[1].astype(jnp.int32), None
-    q = probabilities(logits, sampling)
-    main = categorical(jax.random.split(key, logits.shape[0]), jnp.log(q))
-    if width == 1:
-        return main[:, None], q
-    others = jnp.where(jax.nn.one_hot(main, logits.shape[-1], dtype=bool), -jnp.inf, logits)
-    siblings = jax.lax.top_k(others, width - 1)[1].astype(jnp.int32)
-    return jnp.concatenate([main[:, None], siblings], axis=1), q

@@ -18,8 +18,8 @@ from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.kv_cache import EMPTY_POSITION, KVCache
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import forward, logits
-from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified, expand_candidates
-from dspark_jax.sampling import SamplingConfig
+from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified
+from dspark_jax.sampling import SamplingConfig, expand_candidates
 from dspark_jax.tree import TreeTemplate
 
 

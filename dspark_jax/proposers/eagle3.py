@@ -23,8 +23,8 @@ from dspark_jax.models.eagle3 import Eagle3Drafter, following_tokens
 from dspark_jax.models.kv_cache import EMPTY_POSITION
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import embed
-from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified, expand_candidates
-from dspark_jax.sampling import SamplingConfig
+from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified
+from dspark_jax.sampling import SamplingConfig, expand_candidates
 from dspark_jax.tree import TreeTemplate
 
 
