@@ -27,10 +27,11 @@ from tqdm import tqdm
 from dspark_jax.calibration import calibration_by_position, reliability_bins
 from dspark_jax.eval_data import TASKS, load_prompts
 from dspark_jax.generate import GenerationConfig, bucketed_width, generate
+from dspark_jax.models.drafter_calibration import DrafterCalibration
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.speculative import SpecStats, speculative_generate
 from dspark_jax.target import Target
-from dspark_jax.temperature_scaling import DrafterCalibration, SequentialTemperatures, survival_ece
+from dspark_jax.temperature_scaling import SequentialTemperatures, survival_ece
 from dspark_jax.tree import TreeTemplate
 
 # The greedy losslessness check of a sampled evaluation: a few prompts, a short budget.
@@ -55,8 +56,12 @@ def load_tasks(specs: list[str], limit: int | None = None) -> list[Task]:
         path = Path(spec)
         if not path.is_file():
             raise ValueError(f"task {spec!r} is neither a shipped task ({', '.join(TASKS)}) nor a JSONL file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text (byte {error.start}): re-encode it as UTF-8") from None
         prompts = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:

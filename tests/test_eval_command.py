@@ -13,10 +13,11 @@ from dspark_jax import cli, eval_commands
 from dspark_jax.evaluation import load_tasks, merge_stats
 from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.drafter_calibration import DrafterCalibration
 from dspark_jax.models.drafter_checkpoint import export_drafter
 from dspark_jax.speculative import SpecStats
 from dspark_jax.target import load_target
-from dspark_jax.temperature_scaling import DrafterCalibration, SequentialTemperatures
+from dspark_jax.temperature_scaling import SequentialTemperatures
 
 TINY = str(Path(__file__).parent / "data" / "tiny" / "gemma3")
 
@@ -112,6 +113,10 @@ def test_user_task_files_are_validated(tmp_path):
     empty_turn.write_text('{"turns": [""]}\n')
     with pytest.raises(ValueError, match="non-empty string"):
         load_tasks([str(empty_turn)])
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"turns": ["caf\u00e9"]}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.jsonl is not UTF-8 text \(byte 15\)"):
+        load_tasks([str(latin1)])
     assert [t.name for t in load_tasks(["gsm8k", "humaneval"], limit=3)] == ["gsm8k", "humaneval"]
 
 

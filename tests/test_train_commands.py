@@ -1,9 +1,12 @@
 """prepare-data -> (prepare-cache) -> train -> generate with the exported drafter, end to end on a tiny target."""
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import TargetLoaded
 
 from dspark_jax import cli, train_commands
 
@@ -111,3 +114,50 @@ def test_max_sequences_takes_the_first_ones_and_a_cache_must_hold_them(data, tmp
         with pytest.raises(SystemExit) as exit_info:
             cli.main([*train, "--out", str(tmp_path / "bad"), *bad])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_run_directory_resumes_only_its_own_drafter(data, tmp_path, capsys, stop_at_load):
+    """Training an EAGLE-3 into a DSpark run's directory used to die in orbax's restore with 169 lines."""
+    stop_at_load(train_commands)
+    run = ["--target", TINY, "--data", str(data), "--out", str(tmp_path / "run"), "--length", "96", "--batch-size", "2"]
+    with pytest.raises(TargetLoaded):
+        cli.main(["train", "--drafter", "dspark", *run])
+    with pytest.raises(TargetLoaded):  # the same settings: resumable
+        cli.main(["train", "--drafter", "dspark", *run, "--steps", "5"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--drafter", "eagle3", *run])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert ("holds the checkpoints of a drafter written with other settings: drafter 'dspark' (now 'eagle3'), "
+            "num_features 5 (now 3)") in err
+
+
+def test_a_stopped_run_exits_non_zero(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train_commands, "run_training", lambda *args, **kwargs: 1)  # SIGTERM after step 1
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--drafter", "dflash", "--target", TINY, "--data", str(data), "--out", str(tmp_path / "run"),
+                  "--length", "96", "--num-features", "2", "--steps", "4", "--batch-size", "2", "--block-size", "3"])
+    assert exit_info.value.code == train_commands.STOPPED_EXIT_CODE == 143
+    assert "stopped by SIGTERM at step 1 of 4" in capsys.readouterr().err
+    assert (tmp_path / "run" / "drafter" / "drafter.json").exists()
+
+
+def test_prepare_data_resumes_only_with_its_own_settings(data, tmp_path, capsys, stop_at_load):
+    """Another --shard-size used to be accepted and report the old shards as if they held the new layout."""
+    stop_at_load(train_commands)
+    out = shutil.copytree(data, tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["prepare-data", "--target", TINY, "--out", str(out), "--num-prompts", "6", "--max-prompt-tokens",
+                  "80", "--max-new-tokens", "8", "--shard-size", "8", "--batch-size", "3"])
+    assert exit_info.value.code == 2
+    assert "holds sequences written with other settings: shard_size 4 (now 8)" in capsys.readouterr().err
+
+
+def test_more_prompts_complete_the_last_shard(data, tmp_path):
+    out = shutil.copytree(data, tmp_path / "data")
+    first = (out / "sequences-00000.npz").read_bytes()
+    cli.main(["prepare-data", "--target", TINY, "--out", str(out), "--num-prompts", "8", "--max-prompt-tokens",
+              "80", "--max-new-tokens", "8", "--shard-size", "4", "--batch-size", "3"])
+    assert (out / "sequences-00000.npz").read_bytes() == first  # complete shards are kept
+    with np.load(out / "sequences-00001.npz") as shard:
+        assert len(shard["lengths"]) == 4  # it held prompts 4-5 of 6; now 4-7

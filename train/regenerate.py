@@ -1,11 +1,11 @@
-"""Training sequences whose responses the target itself wrote (DESIGN.md §4): a drafter must learn the
-target's distribution, not the original assistant's.
+"""Training sequences whose responses the target itself wrote (DeepSpec's recipe): a drafter must learn
+the target's distribution, not the original assistant's.
 
 Prompts are chat-formatted with the target's template, cut to `max_prompt_tokens`, and answered by the
 target's batched generation (default sampling: temperature 0.7, top-p 0.8, top-k 20). Results go to shards
-`sequences-NNNNN.npz`, each written atomically; a rerun skips the shards already on disk, so an
+`sequences-NNNNN.npz`, each written atomically; a rerun skips the complete shards already on disk, so an
 interrupted run resumes where it stopped and reproduces what an uninterrupted one writes (shard i samples
-with seed + i).
+with seed + i), and a run with more prompts completes the last shard of a smaller one.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from dspark_jax.atomic_file import write_atomically
 from dspark_jax.generate import GenerationConfig, generate
@@ -44,18 +45,23 @@ def _prompt_ids(target: Target, message: str, max_tokens: int) -> list[int]:
     return ids[:max_tokens] if len(ids) > max_tokens else ids
 
 
-def regenerate(target: Target, prompts: list[str], out_dir: Path, config: RegenerateConfig) -> list[Path]:
-    """Writes (or completes) the shards for `prompts`; returns all shard paths in order."""
+def regenerate(target: Target, prompts: list[str], out_dir: Path, config: RegenerateConfig,
+               progress: bool = True) -> list[Path]:
+    """Writes (or completes) the shards for `prompts`; returns all shard paths in order. `progress` shows a
+    bar of conversations done (complete shards on disk count at once)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stop = target.tokenizer.eos_ids
     shards = []
+    bar = tqdm(total=len(prompts), desc="prepare-data", unit="conversation", disable=not progress)
     for index, start in enumerate(range(0, len(prompts), config.shard_size)):
         path = out_dir / f"sequences-{index:05d}.npz"
         shards.append(path)
-        if path.exists():
-            continue
-        chunk = [_prompt_ids(target, p, config.max_prompt_tokens) for p in prompts[start : start + config.shard_size]]
+        chunk = prompts[start : start + config.shard_size]
+        if path.exists() and _rows(path) == len(chunk):
+            bar.update(len(chunk))
+            continue  # a shorter last shard of an earlier, smaller run is written again in full
+        chunk = [_prompt_ids(target, p, config.max_prompt_tokens) for p in chunk]
         generation = GenerationConfig(config.max_new_tokens, config.sampling, stop)
         responses = []
         for b in range(0, len(chunk), config.batch_size):
@@ -68,7 +74,14 @@ def regenerate(target: Target, prompts: list[str], out_dir: Path, config: Regene
         prompt_lengths = np.array([len(p) for p in chunk], np.int32)
         write_atomically(path, lambda tmp: np.savez(tmp, tokens=tokens, lengths=lengths,
                                                     prompt_lengths=prompt_lengths), suffix=".tmp.npz")
+        bar.update(len(chunk))
+    bar.close()
     return shards
+
+
+def _rows(shard: Path) -> int:
+    with np.load(shard) as data:
+        return len(data["lengths"])
 
 
 def load_sequences(shards: list[Path], length: int, max_sequences: int | None = None

@@ -11,6 +11,7 @@ read back memory-mapped, so training touches only the rows it samples.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,15 @@ def estimate_bytes(num_sequences: int, length: int, num_features: int, hidden_si
     return num_sequences * length * ((num_features + 1) * hidden_size * 2 + 4 + 1 + 4 + 4)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def batch_features(target: ModelConfig, layers: tuple[int, ...], params: TransformerParams, tokens: jax.Array,
+                   loss_mask: jax.Array) -> tuple[jax.Array, jax.Array, TargetStatistics]:
+    """What the cache stores of one batch of write_cache, before the bfloat16 rounding: features [K, B, T, E],
+    final hidden states [B, T, E] and the target's statistics at the positions a valid slot reads."""
+    features, hidden = target_features(target, params, tokens, layers)
+    return features, hidden, target_statistics(target, params, hidden, predicts_loss_token(loss_mask))
+
+
 def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[int, ...], tokens: np.ndarray,
                 loss_mask: np.ndarray, out_dir: Path, shard_size: int = 64, batch_size: int = 8) -> list[Path]:
     """Writes (or completes) the shards for tokens / loss_mask [N, T]; returns the shard directories."""
@@ -40,11 +50,6 @@ def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[in
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.tmp"):
         shutil.rmtree(stale)
-
-    @jax.jit
-    def features_fn(p, t, mask):
-        features, hidden = target_features(target, p, t, layers)
-        return features, hidden, target_statistics(target, p, hidden, predicts_loss_token(mask))
 
     shards = []
     for index, start in enumerate(range(0, len(tokens), shard_size)):
@@ -62,7 +67,8 @@ def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[in
         features, hidden, log_normalizer, greedy = [], [], [], []
         for b in range(rows.start, min(rows.stop, len(tokens)), batch_size):
             batch = slice(b, min(b + batch_size, rows.stop))
-            f, h, stats = features_fn(params, jnp.asarray(tokens[batch]), jnp.asarray(loss_mask[batch]))
+            f, h, stats = batch_features(target, layers, params, jnp.asarray(tokens[batch]),
+                                         jnp.asarray(loss_mask[batch]))
             features.append(np.asarray(f.astype(jnp.bfloat16)).swapaxes(0, 1))  # [n, K, T, E]
             hidden.append(np.asarray(h.astype(jnp.bfloat16)))
             log_normalizer.append(np.asarray(stats.log_normalizer, np.float32))
