@@ -16,7 +16,10 @@ Prints
       as accept rates, without the engine,
     - the same unseen answers with every target feature replaced by its mean over the batch: what the
       drafter predicts from the tokens alone. Agreement equal to the line above means the drafter draws
-      nothing from the target's hidden states on unseen text.
+      nothing from the target's hidden states on unseen text;
+    each beside the bigram baseline (`train/bigram.py`: the chain a previous-token table counted on all the
+    loaded training responses drafts from the same anchors), and split into anchors on repeated spans (prompt
+    lookup finds the last 4 tokens earlier in the text: what the target copies at T = 0) and the others.
 Results: docs/results.md.
 """
 
@@ -34,27 +37,48 @@ from dspark_jax.models.draft_vocab import DraftHead
 from dspark_jax.models.drafter_checkpoint import import_drafter
 from dspark_jax.models.drafters import KINDS
 from dspark_jax.models.transformer import logits
+from dspark_jax.proposers.base import DraftContext
+from dspark_jax.proposers.ngram import NgramProposer
 from dspark_jax.target import Target, load_target
+from dspark_jax.train.bigram import bigram_chain, bigram_table
 from dspark_jax.train.blocks import at_positions, make_blocks, sample_anchors
 from dspark_jax.train.drafter_step import target_features, teacher_forced_logits
 from dspark_jax.train.regenerate import load_sequences
+from dspark_jax.tree import TreeTemplate
 
 LENGTH = 384
 UNSEEN_TASKS = ("gsm8k", "mt-bench", "humaneval")
 
 
 def agreement_by_position(target: Target, model, tokens: jax.Array, loss_mask: jax.Array, anchors: jax.Array,
-                          features: jax.Array, final_hidden: jax.Array) -> np.ndarray:
-    """float[γ]: teacher-forced top-1 agreement with the target at each block position.
+                          features: jax.Array, final_hidden: jax.Array, bigram: np.ndarray) -> dict[str, np.ndarray]:
+    """Teacher-forced top-1 agreement with the target at each block position, float[γ] per line: the
+    drafter's; the bigram chain's from the same anchors; the drafter's at anchors where prompt lookup finds
+    the last `max_ngram` tokens earlier in the text (repeated spans) and at the others.
     tokens, loss_mask: [B, T]; anchors: int32[B, N]; features [K, B, T, E] and final_hidden [B, T, E] from
-    `target_features` (features may be ablated)."""
+    `target_features` (features may be ablated); bigram: `bigram_table` of the training data."""
     blocks = make_blocks(tokens, loss_mask, anchors, model.config.block_size, model.config.mask_token_id)
     head = DraftHead.from_target(target.config, target.params, model.vocab.get_value())
     draft_logits, _ = teacher_forced_logits(model, target.config, target.params, tokens, features, blocks, head)
     source = at_positions(final_hidden, blocks.source)
-    agree = (head.to_target(draft_logits.argmax(-1)) == logits(target.params, source, config=target.config).argmax(-1))
-    agree = agree & blocks.valid
-    return np.asarray(agree.sum((0, 1)) / jnp.maximum(blocks.valid.sum((0, 1)), 1))
+    choices = logits(target.params, source, config=target.config).argmax(-1)
+    chain = bigram_chain(bigram, np.asarray(blocks.inputs[..., 0]), model.config.block_size)
+    drafted = head.to_target(draft_logits.argmax(-1)) == choices
+    repeated = lookup_match_length(tokens, anchors) == NgramProposer().max_ngram  # [B, N]
+    rate = lambda agree, where: np.asarray((agree & where).sum((0, 1)) / jnp.maximum(where.sum((0, 1)), 1))
+    share = float(jnp.sum(repeated[..., None] & blocks.valid) / jnp.maximum(jnp.sum(blocks.valid), 1))
+    return {"drafter": rate(drafted, blocks.valid), "bigram chain": rate(jnp.asarray(chain) == choices, blocks.valid),
+            f"drafter on repeated spans ({share:.0%} of slots)": rate(drafted, blocks.valid & repeated[..., None]),
+            "drafter elsewhere": rate(drafted, blocks.valid & ~repeated[..., None])}
+
+
+def lookup_match_length(tokens: jax.Array, anchors: jax.Array) -> jax.Array:
+    """int32[B, N]: how many tokens ending at each anchor `NgramProposer.lookup` finds earlier in the row."""
+    batch, count = anchors.shape
+    history = jnp.repeat(tokens, count, axis=0)
+    context = DraftContext(history=history, length=anchors.reshape(-1) + 1, done=jnp.zeros(batch * count, bool))
+    _, match = NgramProposer().lookup(context, TreeTemplate(1, 1))
+    return match.reshape(batch, count)
 
 
 def greedy_answers(target: Target, prompts_per_task: int, answer_tokens: int
@@ -112,17 +136,21 @@ def main() -> None:
           f"{np.unique(responses).size} distinct; {unseen} of the {model.vocab.get_value().shape[0]} draft "
           "tokens never occur in a response")
 
-    show = lambda name, rates: print(f"top-1 agreement by block position, {name}:",
-                                     " ".join(f"{r:.2f}" for r in rates))
+    bigram = bigram_table(all_tokens, all_mask, target.config.vocab_size)
+
+    def show(name, rates):
+        for who, r in rates.items():
+            print(f"top-1 agreement by block position, {name}, {who}:", " ".join(f"{x:.2f}" for x in r))
+
     show("training sequences", agreement_by_position(target, model, tokens, loss_mask,
                                                       sample_anchors(jax.random.key(0), loss_mask, 32),
-                                                      features, final_hidden))
+                                                      features, final_hidden, bigram))
     answers = greedy_answers(target, args.unseen_prompts, args.answer_tokens)
     features, final_hidden = target_features(target.config, target.params, answers[0], layers)
-    show("unseen greedy answers", agreement_by_position(target, model, *answers, features, final_hidden))
+    show("unseen greedy answers", agreement_by_position(target, model, *answers, features, final_hidden, bigram))
     ablated = jnp.broadcast_to(features.mean(axis=(1, 2), keepdims=True), features.shape)
     show("unseen greedy answers, features ablated",
-         agreement_by_position(target, model, *answers, ablated, final_hidden))
+         agreement_by_position(target, model, *answers, ablated, final_hidden, bigram))
 
 if __name__ == "__main__":
     main()

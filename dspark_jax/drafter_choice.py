@@ -1,13 +1,15 @@
 """Turning a `--drafter` choice into a proposer: one place for generate, eval and bench.
 
 Choices: `none` (plain decoding), `ngram` (prompt lookup), `model:PATH` (an independent small model with the
-target's vocabulary), the directory of an exported drafter, `default` (the shipped DSpark drafter when the
-target is the default one, else plain decoding), or `dspark` / `dflash` / `eagle3` (the shipped drafter of
-that kind). Everything is validated from metadata before any weights load; `build(target)` loads later.
+target's vocabulary), the directory of an exported drafter, `default` (for the default target the fastest
+measured choice, see `resolve_drafter`; else plain decoding), `dspark` / `dflash` / `eagle3` (the shipped drafter of
+that kind), or any drafter choice + `+ngram` (that drafter and prompt lookup, chosen per row and step:
+`proposers/hybrid.py`). Everything is validated from metadata before any weights load; `build(target)` loads later.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from collections.abc import Callable
@@ -17,15 +19,26 @@ from typing import Any
 import jax.numpy as jnp
 
 from dspark_jax.drafters import KINDS, TARGET_FILE, shipped_drafter
+from dspark_jax.models.drafter_calibration import DrafterCalibration
 from dspark_jax.models.drafter_checkpoint import import_drafter, read_drafter_config
 from dspark_jax.proposers.draft_model import DraftModelProposer
+from dspark_jax.proposers.hybrid import HybridProposer
 from dspark_jax.proposers.ngram import NgramProposer
 from dspark_jax.proposers.trained import drafter_proposer
 from dspark_jax.target import Target, TargetSpec, describe_target, load_target
-from dspark_jax.temperature_scaling import DrafterCalibration
 from dspark_jax.tree import TreeTemplate
 
 DEFAULT_DEPTH = 7
+HYBRID_SUFFIX = "+ngram"
+DEFAULT_GREEDY = "dspark" + HYBRID_SUFFIX  # what `default` drafts with at T = 0 (measured fastest)
+
+
+def tree_argument(text: str) -> TreeTemplate:
+    """argparse type of --tree: TreeTemplate.parse, its message shown as written (argparse hides a ValueError's)."""
+    try:
+        return TreeTemplate.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 SCHEDULES = ("full", "hardware")  # verify the whole draft / the prefix DSpark's hardware-aware scheduler picks
@@ -71,12 +84,21 @@ class DrafterChoice:
 
 
 def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tree: TreeTemplate | None = None,
-                    dtype=jnp.float32) -> DrafterChoice | None:
-    """None means plain decoding. gamma / tree override the drafter's default chain of its block size."""
+                    dtype=jnp.float32, temperature: float | None = None, schedule: str = "full"
+                    ) -> DrafterChoice | None:
+    """None means plain decoding. gamma / tree override the drafter's default chain of its block size.
+
+    `default` is the fastest choice measured for the default target (docs/results.md, "Default
+    generation"): DSpark with prompt lookup (`dspark+ngram`) for greedy decoding; plain decoding when
+    `temperature` > 0, where no drafter here beats it, unless --gamma / --tree ask for drafts; the shipped
+    DSpark alone under the hardware schedule, which needs its confidences. `temperature` None (eval, bench:
+    one choice for every temperature) means the greedy default."""
     if gamma is not None and gamma < 1:
         raise ValueError(f"--gamma must be >= 1, got {gamma}")
     if gamma is not None and tree is not None and gamma != tree.depth:
         raise ValueError(f"--gamma {gamma} contradicts --tree {tree.width}x{tree.depth}: give one")
+    if choice.endswith(HYBRID_SUFFIX):
+        return _hybrid(choice, spec, gamma, tree, dtype)
     depth = tree.depth if tree else gamma
     template = lambda default_depth: TreeTemplate(tree.width if tree else 1, depth or default_depth)
     if choice == "default":
@@ -88,7 +110,14 @@ def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tre
             if directory is not None:
                 print(f"note: the shipped drafter is for {TARGET_FILE}; decoding without one", file=sys.stderr)
             return None
-        return _exported(directory, "dspark", spec, depth, template)
+        if schedule == "hardware":
+            return _exported(directory, "dspark", spec, depth, template)
+        if temperature and gamma is None and tree is None:
+            print(f"note: at temperature {temperature:g} no drafter decodes this target faster than plain decoding "
+                  f"(docs/results.md); decoding without one. --drafter {DEFAULT_GREEDY} speculates anyway",
+                  file=sys.stderr)
+            return None
+        return _hybrid(DEFAULT_GREEDY, spec, gamma, tree, dtype)
     if choice == "none":
         if gamma is not None or tree is not None:
             raise ValueError("--gamma and --tree need a drafter: add --drafter ngram, model:PATH or a drafter dir")
@@ -113,7 +142,23 @@ def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tre
     if Path(choice).is_dir():
         return _exported(Path(choice), Path(choice).name, spec, depth, template)
     raise ValueError(f"unknown --drafter {choice!r}: use none, default, ngram, dspark, dflash, eagle3, model:PATH "
-                     "or an exported drafter directory")
+                     "or an exported drafter directory, optionally followed by +ngram")
+
+
+def _hybrid(choice: str, spec: TargetSpec, gamma: int | None, tree: TreeTemplate | None, dtype) -> DrafterChoice:
+    base_name = choice.removesuffix(HYBRID_SUFFIX)
+    if base_name in ("none", "ngram"):
+        raise ValueError(f"--drafter {choice}: +ngram joins prompt lookup to a drafter (e.g. dspark+ngram); "
+                         f"for lookup alone pass --drafter ngram")
+    base = resolve_drafter(base_name, spec, gamma, tree, dtype)
+    if base is None:
+        raise ValueError(f"--drafter {choice}: {base_name} is no drafter for this target; pass --drafter ngram")
+
+    def build(target: Target):
+        proposer, params = base.build(target)
+        return HybridProposer(proposer), params
+
+    return DrafterChoice(f"{base.name}{HYBRID_SUFFIX}", base.template, build, directory=base.directory)
 
 
 def _exported(directory: Path, name: str, spec: TargetSpec, depth: int | None, template) -> DrafterChoice:

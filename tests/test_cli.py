@@ -1,13 +1,16 @@
 """`dspark-jax generate`: bad input fails with a clear message before any weights load; good input runs."""
 
+import io
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import TargetLoaded
 
 from dspark_jax import cli
+from dspark_jax.models.tokenizer import load_tokenizer
 
 TINY = Path(__file__).parent / "data" / "tiny"
 
@@ -33,24 +36,57 @@ def copy_tiny(tmp_path, family="llama"):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--temperature", "-1"], "temperature must be"),
-    (["--top-p", "0"], "top_p must be in"),
-    (["--top-k", "-3"], "top_k must be"),
-    (["--max-new-tokens", "0"], "max_new_tokens must be"),
+    (["--temperature", "-1"], "temperature (--temperature) must be"),
+    (["--top-p", "0"], "top_p (--top-p) must be in"),
+    (["--top-k", "-3"], "top_k (--top-k) must be"),
+    (["--max-new-tokens", "0"], "max_new_tokens (--max-new-tokens) must be"),
     (["--max-new-tokens", "100000"], "exceeds the model's context"),
     (["--drafter", "none", "--gamma", "4"], "need a drafter"),
     (["--gamma", "4"], "no shipped drafter for this target"),
     (["--drafter", "ngram", "--gamma", "4", "--tree", "2x3"], "contradicts"),
     (["--drafter", "eagle9"], "unknown --drafter"),
-    (["--drafter", "ngram", "--tree", "2x0"], "x"),
+    (["--drafter", "ngram", "--tree", "2x0"], "a draft tree needs width >= 1 and depth >= 1, got 2x0"),
+    (["--drafter", "ngram", "--tree", "three"], "a tree template is WIDTHxDEPTH"),
     (["--mesh", "two"], "--mesh takes"),
     (["--drafter", "ngram", "--schedule", "hardware"], "needs a drafter with a confidence head"),
     (["--drafter", "none", "--schedule", "hardware"], "needs a drafter with a confidence head"),
+    (["--drafter", "ngram+ngram"], "for lookup alone pass --drafter ngram"),
+    (["--prompt", "caf\udce9"], "the prompt is not valid UTF-8 text"),  # how argv carries a non-UTF-8 byte
+    (["--prompt-file", "/nonexistent/prompt.txt"], "cannot read prompt file /nonexistent/prompt.txt"),
+    (["--drafter", "default+ngram"], "default is no drafter for this target"),
+    (["--drafter", f"model:{TINY / 'qwen3'}+ngram", "--schedule", "hardware"], "needs a drafter with a confidence"),
 ])
 def test_bad_requests(args, message, capsys, no_loading):
     code, err = run_cli(["--target", str(TINY / "llama"), "--prompt", "hello", *args], capsys)
     assert code == 2
     assert message in err
+
+
+def test_prompt_files_and_their_errors(tmp_path, capsys, monkeypatch, no_loading):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9".encode("latin-1"))
+    code, err = run_cli(["--target", str(TINY / "llama"), "--prompt-file", str(latin1)], capsys)
+    assert code == 2 and f"{latin1} is not UTF-8 text (byte 3)" in err
+    code, err = run_cli(["--target", str(TINY / "llama")], capsys)
+    assert code == 2 and "pass --prompt TEXT or --prompt-file PATH" in err
+
+
+def test_prompts_from_files_and_stdin_keep_their_order(tmp_path, capsys, monkeypatch):
+    long_prompt = tmp_path / "long.txt"
+    long_prompt.write_text("word " * 40_000)  # past what one argv string may hold (128 KiB)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("from stdin".encode())))
+    seen = []
+
+    def stop_after_encoding(config, prompts, *args, **kwargs):
+        seen.append(prompts)
+        raise ValueError("stopped before loading")
+
+    monkeypatch.setattr(cli, "pad_prompts", stop_after_encoding)
+    code, _ = run_cli(["--target", str(TINY / "llama"), "--prompt", "first", "--prompt-file", str(long_prompt),
+                       "--prompt-file", "-"], capsys)
+    assert code == 2
+    tokenizer = load_tokenizer(TINY / "llama")
+    assert seen == [[tokenizer.encode(t) for t in ("first", "word " * 40_000, "from stdin")]]
 
 
 def test_missing_target(tmp_path, capsys, no_loading):
@@ -90,7 +126,8 @@ def test_draft_model_with_another_vocabulary(tmp_path, capsys, no_loading):
 
 
 @pytest.mark.parametrize("drafter", [[], ["--drafter", "ngram", "--tree", "2x3"],
-                                     ["--drafter", f"model:{TINY / 'llama'}", "--gamma", "3"]])
+                                     ["--drafter", f"model:{TINY / 'llama'}", "--gamma", "3"],
+                                     ["--drafter", f"model:{TINY / 'llama'}+ngram", "--gamma", "3"]])
 def test_generates_on_a_tiny_model(drafter, capsys):
     cli.main(["generate", "--target", str(TINY / "llama"), "--prompt", "abcabc", "--prompt", "xyz",
               "--max-new-tokens", "6", *drafter])

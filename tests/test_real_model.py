@@ -116,11 +116,34 @@ def test_the_shipped_dspark_drafter_carries_current_sts_fits():
     """Its sts.json belongs to the shipped weights (a re-exported drafter would silently lose it) and covers
     the whole block at the two temperatures docs/results.md measured."""
     from dspark_jax.drafters import shipped_drafter
+    from dspark_jax.models.drafter_calibration import DrafterCalibration
     from dspark_jax.models.drafter_checkpoint import read_drafter_config
-    from dspark_jax.temperature_scaling import DrafterCalibration
 
     directory = shipped_drafter("dspark")
     calibration = DrafterCalibration.read(directory)
     assert [t for t, _ in calibration.fits] == [0.0, 1.0], "recalibrate: dspark-jax calibrate --drafter dspark"
     block_size = read_drafter_config(directory)["drafter"]["block_size"]
     assert all(fit.depth == block_size for _, fit in calibration.fits)
+
+
+def test_the_default_drafter_is_chosen_by_temperature_and_schedule(target, golden, capsys):
+    """`--drafter default` on the default target: DSpark with prompt lookup when greedy (lossless against
+    transformers), plain decoding when sampling unless drafts are asked for, DSpark alone when scheduled."""
+    from dspark_jax.drafter_choice import resolve_drafter
+    from dspark_jax.target import describe_target
+
+    spec = describe_target()
+    greedy = resolve_drafter("default", spec, temperature=0.0)
+    assert greedy.name == "dspark+ngram" and greedy.template == TreeTemplate(1, 7)
+    assert resolve_drafter("default", spec).name == "dspark+ngram"  # eval / bench: the greedy default
+    assert resolve_drafter("default", spec, temperature=1.0) is None
+    assert "no drafter decodes this target faster" in capsys.readouterr().err
+    assert resolve_drafter("default", spec, gamma=4, temperature=1.0).name == "dspark+ngram"
+    scheduled = resolve_drafter("default", spec, temperature=1.0, schedule="hardware")
+    assert scheduled.name == "dspark" and scheduled.has_confidence
+
+    proposer, params = greedy.build(target)
+    result = speculative_generate(target.params, target.config, golden["prompts"][:2],
+                                  GenerationConfig(max_new_tokens=32), proposer, params, greedy.template)
+    np.testing.assert_array_equal(np.array(result.tokens), golden["generated"][:2, :32])
+    assert result.stats.tau > 1.5  # the lookup finds what the greedy 270M model repeats

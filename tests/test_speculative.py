@@ -11,6 +11,7 @@ from tiny_models import tiny_config
 
 from dspark_jax import speculative
 from dspark_jax.generate import GenerationConfig, generate
+from dspark_jax.models.drafter_calibration import DrafterCalibration
 from dspark_jax.models.kv_cache import EMPTY_POSITION, KVCache
 from dspark_jax.models.params import init_params
 from dspark_jax.models.transformer import forward
@@ -19,7 +20,7 @@ from dspark_jax.proposers.ngram import NgramProposer
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.scheduler import PrefixScheduler
 from dspark_jax.speculative import SpecStats, speculative_generate
-from dspark_jax.temperature_scaling import DrafterCalibration, SequentialTemperatures
+from dspark_jax.temperature_scaling import SequentialTemperatures
 from dspark_jax.tree import TreeTemplate
 
 PROMPTS = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [9],
@@ -260,6 +261,18 @@ def first_tokens(rows, count):
     return np.array([row[:count] for row in rows])
 
 
+def two_sample_p(a: np.ndarray, b: np.ndarray, vocab_size: int) -> float:
+    """Chi-square p-value that rows of a and b (int[N, 3]: tokens 1-3) draw tokens 2 and 3 alike; rare
+    outcomes are pooled so the approximation holds."""
+    pairs = np.concatenate([a, b])[:, 1] * vocab_size + np.concatenate([a, b])[:, 2]
+    values, codes = np.unique(pairs, return_inverse=True)
+    table = np.stack([np.bincount(codes[: len(a)], minlength=len(values)),
+                      np.bincount(codes[len(a):], minlength=len(values))])
+    common = table.sum(0) >= 10
+    table = np.concatenate([table[:, common], table[:, ~common].sum(1, keepdims=True)], axis=1)
+    return stats.chi2_contingency(table).pvalue
+
+
 def test_sampling_matches_plain_sampling(monkeypatch):
     """Tokens 2 and 3 (the first ones speculation produces) over 3000 independent rows: a two-sample
     chi-square test against plain sampling passes, and fails once the draft's q is distorted."""
@@ -276,18 +289,9 @@ def test_sampling_matches_plain_sampling(monkeypatch):
                                       draft_params, TreeTemplate(2, 2), seed=2)
         return first_tokens(result.tokens, 3), result.stats
 
-    def two_sample_p(a, b):
-        pairs = np.concatenate([a, b])[:, 1] * config.vocab_size + np.concatenate([a, b])[:, 2]
-        values, codes = np.unique(pairs, return_inverse=True)
-        table = np.stack([np.bincount(codes[: len(a)], minlength=len(values)),
-                          np.bincount(codes[len(a):], minlength=len(values))])
-        common = table.sum(0) >= 10  # pool rare outcomes so the chi-square approximation holds
-        table = np.concatenate([table[:, common], table[:, ~common].sum(1, keepdims=True)], axis=1)
-        return stats.chi2_contingency(table).pvalue
-
     good, good_stats = speculative_tokens()
     assert 1.3 < good_stats.tau < 3.0  # drafts are partly accepted, so both paths of the rule are exercised
-    assert two_sample_p(plain, good) > 1e-3
+    assert two_sample_p(plain, good, config.vocab_size) > 1e-3
 
     # A scheduler cutting the drafts by confidences that depend on the previous draft token (as DSpark's do)
     # keeps the distribution: here it verifies one token of two.
@@ -295,7 +299,7 @@ def test_sampling_matches_plain_sampling(monkeypatch):
                                      ParityConfidence(DraftModelProposer(draft_config)), draft_params,
                                      TreeTemplate(2, 2), seed=2, schedule=PrefixScheduler((1.0, 1.1, 5.0)))
     assert scheduled.stats.mean_verified_depth == 1.0 and scheduled.stats.tau > 1.2
-    assert two_sample_p(plain, first_tokens(scheduled.tokens, 3)) > 1e-3
+    assert two_sample_p(plain, first_tokens(scheduled.tokens, 3), config.vocab_size) > 1e-3
 
     original = speculative.accept
     def distorted(template, target_probs, node_tokens, main_probs, key, verify_depth):
@@ -305,4 +309,4 @@ def test_sampling_matches_plain_sampling(monkeypatch):
     speculative._generate.clear_cache()
     bad, _ = speculative_tokens()
     speculative._generate.clear_cache()
-    assert two_sample_p(plain, bad) < 1e-6
+    assert two_sample_p(plain, bad, config.vocab_size) < 1e-6

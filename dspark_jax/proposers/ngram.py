@@ -37,6 +37,12 @@ class NgramProposer:
 
     def propose(self, params, state, context: DraftContext, template: TreeTemplate, sampling: SamplingConfig,
                 key: jax.Array) -> tuple[Draft, tuple]:
+        tokens, _ = self.lookup(context, template)
+        return Draft(tokens=tokens), state
+
+    def lookup(self, context: DraftContext, template: TreeTemplate) -> tuple[jax.Array, jax.Array]:
+        """(draft tokens int32[B, D, W], match length int32[B]): the length of the longest earlier
+        occurrence of the history's tail, 0 where none was found (the draft then repeats the anchor)."""
         history, length = context.history, context.length
         batch, size = history.shape
         starts = jnp.arange(size)
@@ -58,7 +64,9 @@ class NgramProposer:
         ranked, _ = jax.lax.top_k(jnp.where(best, starts[None, :], -1), template.width)
         ranked = jnp.where(ranked < 0, ranked[:, :1], ranked)
         continuation = ranked[:, None, :] + best_n[:, None, None] + jnp.arange(template.depth)[None, :, None]
-        # Past the end of the history there is nothing to copy: repeat the anchor (it will be rejected).
+        # Past the end of the history (or without a match) there is nothing to copy: repeat the anchor.
+        found = (best_n > 0)[:, None]
         tokens = jnp.take_along_axis(history, jnp.clip(continuation, 0, size - 1).reshape(batch, -1), axis=1)
-        tokens = jnp.where(continuation.reshape(batch, -1) < length[:, None], tokens, context.anchor[:, None])
-        return Draft(tokens=tokens.reshape(batch, template.depth, template.width).astype(jnp.int32)), state
+        tokens = jnp.where(found & (continuation.reshape(batch, -1) < length[:, None]), tokens,
+                           context.anchor[:, None])
+        return tokens.reshape(batch, template.depth, template.width).astype(jnp.int32), best_n
