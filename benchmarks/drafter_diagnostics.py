@@ -36,13 +36,12 @@ from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.models.draft_vocab import DraftHead
 from dspark_jax.models.drafter_checkpoint import import_drafter
 from dspark_jax.models.drafters import KINDS
-from dspark_jax.models.transformer import logits
 from dspark_jax.proposers.base import DraftContext
 from dspark_jax.proposers.ngram import NgramProposer
 from dspark_jax.target import Target, load_target
 from dspark_jax.train.bigram import bigram_chain, bigram_table
 from dspark_jax.train.blocks import at_positions, make_blocks, sample_anchors
-from dspark_jax.train.drafter_step import target_features, teacher_forced_logits
+from dspark_jax.train.drafter_step import target_features, target_statistics, teacher_forced_logits
 from dspark_jax.train.regenerate import load_sequences
 from dspark_jax.tree import TreeTemplate
 
@@ -61,7 +60,7 @@ def agreement_by_position(target: Target, model, tokens: jax.Array, loss_mask: j
     head = DraftHead.from_target(target.config, target.params, model.vocab.get_value())
     draft_logits, _ = teacher_forced_logits(model, target.config, target.params, tokens, features, blocks, head)
     source = at_positions(final_hidden, blocks.source)
-    choices = logits(target.params, source, config=target.config).argmax(-1)
+    choices = target_statistics(target.config, target.params, source, blocks.valid).greedy  # chunked: no [.., V]
     chain = bigram_chain(bigram, np.asarray(blocks.inputs[..., 0]), model.config.block_size)
     drafted = head.to_target(draft_logits.argmax(-1)) == choices
     repeated = lookup_match_length(tokens, anchors) == NgramProposer().max_ngram  # [B, N]
