@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_block_drafter import PROMPTS, proposer_for
-from test_speculative import first_tokens, truncated, two_sample_p
+from test_speculative import WrappedProposer, first_tokens, truncated, two_sample_p
 from tiny_models import tiny_config
 
 from dspark_jax.generate import GenerationConfig, generate
@@ -86,21 +86,12 @@ def test_greedy_is_lossless(kind, template):
 
 
 @dataclasses.dataclass(frozen=True)
-class DrafterQEverywhere:
-    """The hybrid with a bug: n-gram rows report the drafter's q instead of their one-hot q."""
-
-    hybrid: HybridProposer
-    capture_layers = ()
-
-    def init(self, params, prefilled, cache_size):
-        return self.hybrid.init(params, prefilled, cache_size)
-
-    def update(self, params, state, verified):
-        return self.hybrid.update(params, state, verified)
+class DrafterQEverywhere(WrappedProposer):
+    """The hybrid (inner) with a bug: n-gram rows report the drafter's q instead of their one-hot q."""
 
     def propose(self, params, state, context, template, sampling, key):
-        draft, state = self.hybrid.propose(params, state, context, template, sampling, key)
-        drafted, _ = self.hybrid.drafter.propose(params, state, context, template, sampling, key)
+        draft, state = self.inner.propose(params, state, context, template, sampling, key)
+        drafted, _ = self.inner.drafter.propose(params, state, context, template, sampling, key)
         return dataclasses.replace(draft, main_probs=drafted.main_probs), state
 
 

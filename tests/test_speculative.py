@@ -1,6 +1,7 @@
 """Speculative engine on tiny random models: lossless greedy and sampling, KV compaction, one compilation."""
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -214,22 +215,27 @@ def test_one_compilation_whatever_the_acceptance(monkeypatch):
 
 
 @dataclasses.dataclass(frozen=True)
-class ParityConfidence:
-    """Another proposer's drafts with a confidence c_k = 0.9 when draft token k - 1 is even, else 0.2."""
+class WrappedProposer:
+    """Another proposer with its drafts altered by `propose` (a subclass); state and updates are the inner one's."""
 
-    inner: DraftModelProposer
+    inner: Any
     capture_layers = ()
 
     def init(self, params, prefilled, cache_size):
         return self.inner.init(params, prefilled, cache_size)
 
+    def update(self, params, state, verified):
+        return self.inner.update(params, state, verified)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityConfidence(WrappedProposer):
+    """Another proposer's drafts with a confidence c_k = 0.9 when draft token k - 1 is even, else 0.2."""
+
     def propose(self, params, state, context, template, sampling, key):
         draft, state = self.inner.propose(params, state, context, template, sampling, key)
         previous = jnp.concatenate([context.anchor[:, None], draft.tokens[:, :-1, 0]], axis=1)
         return dataclasses.replace(draft, confidence=jnp.where(previous % 2 == 0, 0.9, 0.2)), state
-
-    def update(self, params, state, verified):
-        return self.inner.update(params, state, verified)
 
 
 def test_the_profiled_scheduler_uses_the_fit_for_the_decoding_temperature(monkeypatch):

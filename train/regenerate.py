@@ -45,22 +45,22 @@ def _prompt_ids(target: Target, message: str, max_tokens: int) -> list[int]:
     return ids[:max_tokens] if len(ids) > max_tokens else ids
 
 
-def regenerate(target: Target, prompts: list[str], out_dir: Path, config: RegenerateConfig,
-               progress: bool = True) -> list[Path]:
-    """Writes (or completes) the shards for `prompts`; returns all shard paths in order. `progress` shows a
-    bar of conversations done (complete shards on disk count at once)."""
+def regenerate(target: Target, prompts: list[str], out_dir: Path, config: RegenerateConfig) -> list[Path]:
+    """Writes (or completes) the shards for `prompts`, with a progress bar of conversations (complete shards on
+    disk count at once); returns all shard paths in order."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stop = target.tokenizer.eos_ids
     shards = []
-    bar = tqdm(total=len(prompts), desc="prepare-data", unit="conversation", disable=not progress)
+    bar = tqdm(total=len(prompts), desc="prepare-data", unit="conversation")
     for index, start in enumerate(range(0, len(prompts), config.shard_size)):
         path = out_dir / f"sequences-{index:05d}.npz"
         shards.append(path)
         chunk = prompts[start : start + config.shard_size]
+        # A complete shard is kept; a shorter last shard of an earlier, smaller run is written again in full.
         if path.exists() and _rows(path) == len(chunk):
             bar.update(len(chunk))
-            continue  # a shorter last shard of an earlier, smaller run is written again in full
+            continue
         chunk = [_prompt_ids(target, p, config.max_prompt_tokens) for p in chunk]
         generation = GenerationConfig(config.max_new_tokens, config.sampling, stop)
         responses = []
