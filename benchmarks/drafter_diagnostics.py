@@ -30,18 +30,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dspark_jax.drafter_kinds import KINDS, kind_of, load_drafter
 from dspark_jax.drafters import shipped_drafter
 from dspark_jax.evaluation import load_tasks
 from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.models.draft_vocab import DraftHead
-from dspark_jax.models.drafter_checkpoint import import_drafter
-from dspark_jax.models.drafters import KINDS
 from dspark_jax.proposers.base import DraftContext
 from dspark_jax.proposers.ngram import NgramProposer
 from dspark_jax.target import Target, load_target
 from dspark_jax.train.bigram import bigram_chain, bigram_table
 from dspark_jax.train.blocks import at_positions, make_blocks, sample_anchors
-from dspark_jax.train.drafter_step import target_features, target_statistics, teacher_forced_logits
+from dspark_jax.train.drafter_step import target_features, target_statistics
 from dspark_jax.train.regenerate import load_sequences
 from dspark_jax.tree import TreeTemplate
 
@@ -56,12 +55,12 @@ def agreement_by_position(target: Target, model, tokens: jax.Array, loss_mask: j
     the last `max_ngram` tokens earlier in the text (repeated spans) and at the others.
     tokens, loss_mask: [B, T]; anchors: int32[B, N]; features [K, B, T, E] and final_hidden [B, T, E] from
     `target_features` (features may be ablated); bigram: `bigram_table` of the training data."""
-    blocks = make_blocks(tokens, loss_mask, anchors, model.config.block_size, model.config.mask_token_id)
+    blocks = make_blocks(tokens, loss_mask, anchors, model.config.depth)
     head = DraftHead.from_target(target.config, target.params, model.vocab.get_value())
-    draft_logits, _ = teacher_forced_logits(model, target.config, target.params, tokens, features, blocks, head)
+    draft_logits, _ = kind_of(model).teacher_forced(model, target.config, target.params, tokens, features, blocks, head)
     source = at_positions(final_hidden, blocks.source)
     choices = target_statistics(target.config, target.params, source, blocks.valid).greedy  # chunked: no [.., V]
-    chain = bigram_chain(bigram, np.asarray(blocks.inputs[..., 0]), model.config.block_size)
+    chain = bigram_chain(bigram, np.asarray(blocks.previous[..., 0]), model.config.depth)
     drafted = head.to_target(draft_logits.argmax(-1)) == choices
     repeated = lookup_match_length(tokens, anchors) == NgramProposer().max_ngram  # [B, N]
     rate = lambda agree, where: np.asarray((agree & where).sum((0, 1)) / jnp.maximum(where.sum((0, 1)), 1))
@@ -122,7 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     target = load_target()
     directory = shipped_drafter(args.drafter) if args.drafter in KINDS else Path(args.drafter)
-    model = import_drafter(directory, target.config, target.params)
+    model = load_drafter(directory, target.config, target.params)
     all_tokens, all_mask = load_sequences(sorted(args.data.glob("sequences-*.npz")), LENGTH, args.max_sequences)
     tokens, loss_mask = jnp.asarray(all_tokens[:4]), jnp.asarray(all_mask[:4])
     layers = model.config.target_layers

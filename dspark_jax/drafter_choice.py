@@ -2,9 +2,10 @@
 
 Choices: `none` (plain decoding), `ngram` (prompt lookup), `model:PATH` (an independent small model with the
 target's vocabulary), the directory of an exported drafter, `default` (for the default target the fastest
-measured choice, see `resolve_drafter`; else plain decoding), `dspark` / `dflash` / `eagle3` (the shipped drafter of
-that kind), or any drafter choice + `+ngram` (that drafter and prompt lookup, chosen per row and step:
-`proposers/hybrid.py`). Everything is validated from metadata before any weights load; `build(target)` loads later.
+measured choice, see `resolve_drafter`; else plain decoding), a drafter kind's name (`drafter_kinds.py`: the
+shipped drafter of that kind), or any drafter choice + `+ngram` (that drafter and prompt lookup, chosen per
+row and step: `proposers/hybrid.py`). Everything is validated from metadata before any weights load;
+`build(target)` loads later.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from dspark_jax.drafters import KINDS, TARGET_FILE, shipped_drafter
+from dspark_jax.drafter_kinds import KINDS, drafter_proposer, load_drafter, stored_config
+from dspark_jax.drafters import TARGET_FILE, shipped_drafter
 from dspark_jax.models.drafter_calibration import DrafterCalibration
-from dspark_jax.models.drafter_checkpoint import import_drafter, read_drafter_config
+from dspark_jax.models.drafter_checkpoint import read_drafter_config
 from dspark_jax.proposers.draft_model import DraftModelProposer
 from dspark_jax.proposers.hybrid import HybridProposer
 from dspark_jax.proposers.ngram import NgramProposer
-from dspark_jax.proposers.trained import drafter_proposer
 from dspark_jax.target import Target, TargetSpec, describe_target, load_target
 from dspark_jax.tree import TreeTemplate
 
@@ -141,7 +142,7 @@ def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tre
         return _exported(directory, choice, spec, depth, template)
     if Path(choice).is_dir():
         return _exported(Path(choice), Path(choice).name, spec, depth, template)
-    raise ValueError(f"unknown --drafter {choice!r}: use none, default, ngram, dspark, dflash, eagle3, model:PATH "
+    raise ValueError(f"unknown --drafter {choice!r}: use none, default, ngram, {', '.join(KINDS)}, model:PATH "
                      "or an exported drafter directory, optionally followed by +ngram")
 
 
@@ -163,18 +164,18 @@ def _hybrid(choice: str, spec: TargetSpec, gamma: int | None, tree: TreeTemplate
 
 def _exported(directory: Path, name: str, spec: TargetSpec, depth: int | None, template) -> DrafterChoice:
     meta = read_drafter_config(directory)
-    block_size = meta["drafter"]["block_size"]
-    if depth and depth > block_size:
-        raise ValueError(f"this drafter drafts blocks of {block_size} tokens; --gamma/--tree depth must be <= that")
+    kind, config = stored_config(meta)
+    if depth and depth > config.depth:
+        raise ValueError(f"this {kind.name} drafter drafts at most {config.depth} tokens; --gamma/--tree depth must "
+                         "be <= that")
     if meta["target"]["vocab_size"] != spec.config.vocab_size:
         raise ValueError(f"drafter {directory} was trained for target {meta['target']['name']!r} with a "
                          f"vocabulary of {meta['target']['vocab_size']}, not this target's {spec.config.vocab_size}")
 
     def build(target: Target):
-        model = import_drafter(directory, target.config, target.params)
+        model = load_drafter(directory, target.config, target.params)
         return drafter_proposer(target.config, model, target.params)
 
-    has_confidence = meta["kind"] == "dspark"
-    calibration = DrafterCalibration.read(directory) if has_confidence else DrafterCalibration(())
-    return DrafterChoice(name, template(block_size), build, has_confidence, calibration=calibration,
+    calibration = DrafterCalibration.read(directory) if kind.has_confidence else DrafterCalibration(())
+    return DrafterChoice(name, template(config.depth), build, kind.has_confidence, calibration=calibration,
                          directory=directory)

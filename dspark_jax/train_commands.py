@@ -1,4 +1,4 @@
-"""`dspark-jax prepare-data`, `prepare-cache` and `train`: the DeepSpec recipe for DSpark, DFlash and EAGLE-3.
+"""`dspark-jax prepare-data`, `prepare-cache` and `train`: the DeepSpec recipe for every drafter kind.
 
     dspark-jax prepare-data --out data/ --num-prompts 512        # ShareGPT prompts, responses by the target
     dspark-jax prepare-cache --data data/ --out cache/            # optional offline target features
@@ -19,13 +19,11 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from dspark_jax.atomic_file import write_atomically
-from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.drafter_kinds import KINDS, DrafterKind, kind_named, save_drafter
 from dspark_jax.models.draft_vocab import most_frequent_tokens
-from dspark_jax.models.drafter_checkpoint import export_drafter
-from dspark_jax.models.drafters import KINDS, new_drafter
+from dspark_jax.models.drafter_config import DrafterConfig, fused_layers
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
@@ -68,7 +66,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
                        epilog=f"Resumes from OUT/checkpoints when started again with the same drafter settings "
                               f"(OUT/{RUN_FILE} records them). On SIGTERM it saves, exports the drafter it has and "
                               f"exits with status {STOPPED_EXIT_CODE}; a finished run exits 0.")
-    p.add_argument("--drafter", choices=KINDS, required=True, help="the kind of drafter to train")
+    p.add_argument("--drafter", choices=tuple(KINDS), required=True, help="the kind of drafter to train")
     p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
     p.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
     p.add_argument("--cache", type=Path, default=None, help="directory written by prepare-cache (else online)")
@@ -78,11 +76,12 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
     p.add_argument("--length", type=int, default=512, help="tokens per sequence (cut or padded)")
     p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
-    p.add_argument("--block-size", type=int, default=7, help="draft block size (EAGLE-3: training-time test steps)")
-    p.add_argument("--layers", type=int, default=1, help="drafter layers (EAGLE-3 has exactly one)")
+    p.add_argument("--block-size", type=int, default=7,
+                   help="draft depth γ: the block size (EAGLE-3: its drafting steps, unrolled in training)")
+    p.add_argument("--layers", type=int, default=None, help="drafter layers, block drafters only (default 1)")
     p.add_argument("--num-features", type=int, default=None,
                    help="target layers fused by the drafter (K); default 5 for DSpark/DFlash, 3 for EAGLE-3")
-    p.add_argument("--rank", type=int, default=256, help="DSpark Markov head rank")
+    p.add_argument("--rank", type=int, default=None, help="DSpark's Markov head rank (default 256)")
     p.add_argument("--draft-vocab", type=int, default=32768,
                    help="draft over the N most frequent response tokens (0: the target's whole vocabulary)")
     p.add_argument("--learning-rate", type=float, default=6e-4)
@@ -91,7 +90,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict:
     for part, default in (("ce", DSparkLossWeights.ce), ("tv", DSparkLossWeights.tv),
                           ("confidence", DSparkLossWeights.conf)):
         p.add_argument(f"--{part}-weight", type=float, default=None,
-                       help=f"DSpark only: weight of its {part} loss term (DeepSpec: {default})")
+                       help=f"DSpark only: weight of its {part} loss term (DeepSpec: {default:g})")
     p.add_argument("--bf16", action="store_true", help="compute the drafter in bfloat16 (weights stay float32)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
@@ -149,15 +148,11 @@ def prepare_data(args: argparse.Namespace) -> None:
           f"{args.out / 'held_out.jsonl'}")
 
 
-def _layers(spec, num_features: int) -> tuple[int, ...]:
-    return DrafterConfig.for_target(spec.config, num_features=num_features).target_layers
-
-
 def prepare_cache(args: argparse.Namespace) -> None:
     _require_positive(args, "--length", "--num-features", "--shard-size")
     tokens, loss_mask = _sequences(args)
     spec = describe_target(args.target)
-    layers = _layers(spec, args.num_features)
+    layers = fused_layers(spec.config, args.num_features)
     need = estimate_bytes(len(tokens), args.length, len(layers), spec.config.hidden_size)
     print(f"target cache: {len(tokens)} sequences x {args.length} tokens x {len(layers) + 1} x "
           f"{spec.config.hidden_size} bf16 -> {need / 2**30:.2f} GiB in {args.out}")
@@ -168,27 +163,46 @@ def prepare_cache(args: argparse.Namespace) -> None:
     print(f"{len(written)} cache shards in {args.out}")
 
 
-def _dspark_loss_weights(args: argparse.Namespace) -> DSparkLossWeights:
+def _loss_weights(args: argparse.Namespace, kind: DrafterKind) -> DSparkLossWeights:
     given = {field: value for field, value in (("ce", args.ce_weight), ("tv", args.tv_weight),
                                                 ("conf", args.confidence_weight)) if value is not None}
-    if given and args.drafter != "dspark":
-        raise ValueError(f"--ce-weight, --tv-weight and --confidence-weight weigh DSpark's loss terms; "
-                         f"{args.drafter} has no such terms: drop them")
+    foreign = sorted(set(given) - set(kind.loss_terms))
+    if foreign:
+        flags = ", ".join(f"--{'confidence' if term == 'conf' else term}-weight" for term in foreign)
+        raise ValueError(f"{flags} weigh loss terms a {kind.name} drafter does not have: drop them")
     if any(value < 0 for value in given.values()):
         raise ValueError(f"loss weights must be >= 0, got {given}")
     return dataclasses.replace(DSparkLossWeights(), **given)
 
 
+# train's kind-specific flags and the config field each sets
+KIND_FLAGS = (("--layers", "num_layers"), ("--rank", "markov_rank"))
+
+
+def _drafter_config(args: argparse.Namespace, kind: DrafterKind, spec) -> DrafterConfig:
+    """The config --drafter's kind gets from the flags; a flag of another kind is refused by name."""
+    options = {}
+    for flag, field in KIND_FLAGS:
+        value = getattr(args, flag.removeprefix("--"))
+        if value is None:
+            continue
+        if field not in kind.fields:
+            raise ValueError(f"{flag} does not apply to a {kind.name} drafter: drop it")
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+        options[field] = value
+    return kind.new_config(spec.config, depth=args.block_size, num_features=args.num_features,
+                           compute_dtype="bfloat16" if args.bf16 else "float32", **options)
+
+
 def train(args: argparse.Namespace) -> None:
-    _require_positive(args, "--steps", "--batch-size", "--length", "--block-size", "--layers", "--rank",
-                      "--anchors", "--checkpoint-every")
-    if args.drafter == "eagle3" and args.layers != 1:
-        raise ValueError(f"an EAGLE-3 drafter has exactly one layer: drop --layers {args.layers}")
-    num_features = args.num_features
-    if num_features is None:
-        num_features = 3 if args.drafter == "eagle3" else 5
+    _require_positive(args, "--steps", "--batch-size", "--length", "--block-size", "--anchors", "--checkpoint-every")
+    if args.num_features is not None and args.num_features < 1:
+        raise ValueError(f"--num-features must be >= 1, got {args.num_features}")
+    kind = kind_named(args.drafter)
     spec = describe_target(args.target)
-    layers = _layers(spec, num_features)
+    drafter = _drafter_config(args, kind, spec)
+    layers = drafter.target_layers
     if args.cache is not None:
         meta_path = args.cache / "cache.json"
         if not meta_path.exists():
@@ -197,16 +211,13 @@ def train(args: argparse.Namespace) -> None:
         cached_layers = meta["target_layers"]
         if not set(layers) <= set(cached_layers):
             raise ValueError(f"the cache holds target layers {cached_layers}, but --num-features "
-                             f"{num_features} needs {list(layers)}: rebuild the cache or match --num-features")
+                             f"{len(layers)} needs {list(layers)}: rebuild the cache or match --num-features")
         if meta["length"] != args.length:
             raise ValueError(f"the cache holds sequences of {meta['length']} tokens: pass --length {meta['length']}")
         feature_index = tuple(cached_layers.index(layer) for layer in layers)
-    drafter = DrafterConfig.for_target(spec.config, num_layers=args.layers, block_size=args.block_size,
-                                       num_features=num_features,
-                                       compute_dtype="bfloat16" if args.bf16 else "float32")
     train_config = TrainConfig(learning_rate=args.learning_rate, warmup_steps=max(1, args.steps // 25),
                                total_steps=args.steps, anchors_per_sequence=args.anchors,
-                               loss=_dspark_loss_weights(args))
+                               loss=_loss_weights(args, kind))
     run = RunConfig(checkpoint_every=args.checkpoint_every, seed=args.seed)
 
     if args.draft_vocab < 0:
@@ -221,15 +232,14 @@ def train(args: argparse.Namespace) -> None:
         if args.batch_size > min(len(s) for s in cache_shards):
             raise ValueError(f"--batch-size {args.batch_size} exceeds the rows of the smallest cache shard; "
                              "lower it or rebuild the cache with a larger --shard-size")
-    drafter_settings = {"drafter": args.drafter, "target": spec.path.name, "layers": args.layers,
-                        "block_size": args.block_size, "num_features": num_features, "rank": args.rank,
-                        "draft_vocab": args.draft_vocab}
+    drafter_settings = {"drafter": args.drafter, "target": spec.path.name, "draft_vocab": args.draft_vocab,
+                        **json.loads(json.dumps(dataclasses.asdict(drafter)))}  # JSON's lists, as recorded
     _claim_directory(args.out, RUN_FILE, drafter_settings, "the checkpoints of a drafter")
     target = load_target(spec, weights=TRAINING_WEIGHTS)
     vocab = spec.config.vocab_size
     if args.draft_vocab:
         vocab = most_frequent_tokens(tokens, loss_mask, args.draft_vocab, vocab, always=target.tokenizer.eos_ids)
-    model = new_drafter(args.drafter, drafter, vocab, args.rank, nnx.Rngs(args.seed))
+    model = kind.new_drafter(drafter, vocab, args.seed)
     optimizer = make_optimizer(model, train_config)
     if args.cache is None:
         steps = online_steps(model, optimizer, target.config, target.params, jnp.asarray(tokens),
@@ -238,8 +248,7 @@ def train(args: argparse.Namespace) -> None:
         steps = cached_steps(model, optimizer, target.config, target.params, cache_shards, args.batch_size,
                              train_config, feature_index)
     reached = run_training(model, optimizer, steps, train_config, run, args.out)
-    export_drafter(args.out / "drafter", model, target.config, target.params, str(spec.path.name),
-                   args.export_dtype)
+    save_drafter(args.out / "drafter", model, target.config, target.params, str(spec.path.name), args.export_dtype)
     print(f"trained {reached}/{args.steps} steps; drafter exported to {args.out / 'drafter'}")
     if reached < args.steps:
         print(f"stopped by SIGTERM at step {reached} of {args.steps}: run the same command again to continue",

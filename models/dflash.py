@@ -15,64 +15,39 @@ positions they may see: training packs many random anchors per sequence this way
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from dspark_jax.models.config import ModelConfig, RopeConfig
+from dspark_jax.models.config import ModelConfig
+from dspark_jax.models.draft_vocab import vocab_map
+from dspark_jax.models.drafter_config import DrafterConfig
 from dspark_jax.models.transformer import apply_rope
 
 
-@dataclasses.dataclass(frozen=True)
-class DrafterConfig:
-    target_layers: tuple[int, ...]  # target decoder layers whose outputs are fused (K of them)
-    hidden_size: int  # the target's, since embedding and head are shared
-    mask_token_id: int
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DFlashConfig(DrafterConfig):
+    mask_token_id: int  # the input of every block slot after the anchor
     block_size: int = 7  # γ
     num_layers: int = 1
-    num_heads: int = 4
-    num_kv_heads: int = 1
-    head_dim: int = 64
-    intermediate_size: int = 1024
-    rope_theta: float = 10_000.0
-    rms_norm_eps: float = 1e-6
-    compute_dtype: str = "float32"  # "bfloat16" computes the backbone in bf16; parameters stay float32
+
+    DEPTH_FIELD: ClassVar[str] = "block_size"
 
     @classmethod
-    def for_target(cls, target: ModelConfig, *, num_layers: int = 1, block_size: int = 7, num_features: int = 5,
-                   **overrides) -> DrafterConfig:
-        """Sizes taken from the target; K layers spread over its depth, never the last (DeepSpec's choice)."""
-        # Qwen3-8B (36 layers): 1, 9, 17, 25, 33; Gemma 3 270M (18 layers): 1, 4, 8, 11, 15.
-        span, last_allowed = max(target.num_layers - 4, 0), max(target.num_layers - 2, 0)
-        layers = tuple(sorted({min(1 + i * span // max(num_features - 1, 1), last_allowed)
-                               for i in range(num_features)}))
-        fields = dict(target_layers=layers, hidden_size=target.hidden_size, mask_token_id=target.pad_token_id,
-                      block_size=block_size, num_layers=num_layers, num_heads=target.num_heads,
-                      num_kv_heads=target.num_kv_heads, head_dim=target.head_dim,
-                      intermediate_size=target.intermediate_size, rms_norm_eps=target.rms_norm_eps)
-        return cls(**(fields | overrides))
+    def target_fields(cls, target: ModelConfig) -> dict[str, Any]:
+        return {"mask_token_id": target.pad_token_id}
 
     def __post_init__(self):
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
-        if self.block_size < 1 or self.num_layers < 1 or not self.target_layers:
-            raise ValueError("a drafter needs block_size >= 1, num_layers >= 1 and at least one target layer")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
-
-    @property
-    def dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.compute_dtype)
-
-    @property
-    def inv_freq(self) -> jax.Array:
-        """RoPE inverse frequencies of the drafter's attention (plain RoPE at `rope_theta`)."""
-        return jnp.asarray(RopeConfig(self.rope_theta).inverse_frequencies(self.head_dim))
+        super().__post_init__()
+        if self.num_layers < 1:
+            raise ValueError(f"a block drafter needs num_layers >= 1, got {self.num_layers}")
 
 
 class DraftLayer(nnx.Module):
-    def __init__(self, config: DrafterConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: DFlashConfig, *, rngs: nnx.Rngs):
         e, h, kv, d, f = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
                           config.intermediate_size)
         linear = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=config.dtype, rngs=rngs)
@@ -119,7 +94,7 @@ class DraftLayer(nnx.Module):
 
 
 class DFlashBackbone(nnx.Module):
-    def __init__(self, config: DrafterConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: DFlashConfig, *, rngs: nnx.Rngs):
         self.config = config
         e = config.hidden_size
         self.fuse = nnx.Linear(len(config.target_layers) * e, e, use_bias=False, dtype=config.dtype, rngs=rngs)
@@ -144,3 +119,13 @@ class DFlashBackbone(nnx.Module):
         for layer, (k, v) in zip(self.layers, context):
             x = layer(x, block_positions, k, v, context_visible)
         return self.final_norm(x)
+
+
+class DFlashDrafter(nnx.Module):
+    """The trainable part of a DFlash drafter: the backbone and the draft vocabulary it predicts over
+    (`draft_vocab.vocab_map`)."""
+
+    def __init__(self, config: DFlashConfig, vocab: int | np.ndarray, *, rngs: nnx.Rngs):
+        self.config = config
+        self.vocab = vocab_map(vocab)
+        self.backbone = DFlashBackbone(config, rngs=rngs)

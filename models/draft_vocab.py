@@ -32,6 +32,12 @@ def full_vocab(vocab_size: int) -> np.ndarray:
     return np.arange(vocab_size, dtype=np.int32)
 
 
+def vocab_map(vocab: int | np.ndarray) -> VocabMap:
+    """A drafter's map from `vocab`: the target's vocabulary size (draft over all of it) or the sorted target
+    ids of a reduced draft vocabulary (`most_frequent_tokens`)."""
+    return VocabMap(jnp.asarray(full_vocab(vocab) if isinstance(vocab, int) else np.asarray(vocab, np.int32)))
+
+
 def most_frequent_tokens(tokens: np.ndarray, loss_mask: np.ndarray, size: int, vocab_size: int,
                          always: tuple[int, ...] = ()) -> np.ndarray:
     """Sorted int32[min(size, V)]: the `size` tokens seen most often where loss_mask is set (the responses

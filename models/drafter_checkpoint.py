@@ -1,9 +1,10 @@
-"""Exporting and importing a trained DFlash, DSpark or EAGLE-3 drafter: `drafter.safetensors` + `drafter.json`.
+"""Exporting and importing a trained drafter of any kind: `drafter.safetensors` + `drafter.json`.
 
-Only the drafter's own weights and its draft vocabulary are stored (embedding and LM head stay the
-target's). The JSON names the target the drafter was trained against by a fingerprint of its config and
-embedding, so loading a drafter against another target fails with a message instead of drafting garbage.
-Both files are written atomically.
+Only the drafter's own weights and its draft vocabulary are stored (embedding and LM head stay the target's);
+the JSON names the kind and holds its config, and the caller that knows the kinds
+(`dspark_jax/drafter_kinds.py`) builds the module the weights are read into. The JSON names the target the
+drafter was trained against by a fingerprint of its config and embedding, so loading a drafter against another
+target fails with a message instead of drafting garbage. Both files are written atomically.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -23,14 +25,14 @@ from safetensors.numpy import load_file, save_file
 from dspark_jax.atomic_file import write_atomically
 from dspark_jax.kernels.linear import lookup
 from dspark_jax.models.config import ConfigError, ModelConfig
-from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import VocabMap
-from dspark_jax.models.drafters import Drafter, drafter_kind, new_drafter
 from dspark_jax.models.params import TransformerParams
 
 WEIGHTS, CONFIG = "drafter.safetensors", "drafter.json"
-VOCAB_KEY = "vocab"  # the BlockDrafter attribute holding the draft → target id map
-FORMAT_VERSION = 2
+VOCAB_KEY = "vocab"  # every drafter's attribute holding the draft → target id map
+FORMAT_VERSION = 3
+# (kind, config fields, draft → target ids) -> a fresh module of that kind
+BuildDrafter = Callable[[str, dict, np.ndarray], nnx.Module]
 
 
 def target_fingerprint(config: ModelConfig, params: TransformerParams) -> str:
@@ -40,9 +42,10 @@ def target_fingerprint(config: ModelConfig, params: TransformerParams) -> str:
     return hashlib.sha256(repr(config).encode() + sample.tobytes()).hexdigest()[:16]
 
 
-def export_drafter(directory: Path, model: Drafter, target: ModelConfig, target_params: TransformerParams,
-                   target_name: str, weights_dtype: str = "float32") -> None:
-    """weights_dtype "float16" halves the file (for shipping); loading casts back to float32."""
+def export_drafter(directory: Path, model: nnx.Module, kind: str, target: ModelConfig,
+                   target_params: TransformerParams, target_name: str, weights_dtype: str = "float32") -> None:
+    """Writes `model` (a drafter of `kind`, its dataclass config at `model.config`). weights_dtype "float16"
+    halves the file (for shipping); loading casts back to float32."""
     if weights_dtype not in ("float32", "float16"):
         raise ValueError(f"weights_dtype must be float32 or float16, got {weights_dtype!r}")
     directory = Path(directory)
@@ -51,9 +54,8 @@ def export_drafter(directory: Path, model: Drafter, target: ModelConfig, target_
     arrays = {name: cast(np.asarray(variable.get_value())) for name, variable in _stored(model)}
     meta = {
         "format_version": FORMAT_VERSION,
-        "kind": drafter_kind(model),
+        "kind": kind,
         "drafter": dataclasses.asdict(model.config),
-        "dspark_rank": None if drafter_kind(model) != "dspark" else int(model.heads.transition_in.embedding.shape[1]),
         "draft_vocab_size": int(model.vocab.get_value().shape[0]),
         "target": {"name": target_name, "family": target.family, "vocab_size": target.vocab_size,
                    "hidden_size": target.hidden_size, "fingerprint": target_fingerprint(target, target_params)},
@@ -68,9 +70,24 @@ def read_drafter_config(directory: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{directory} is not an exported drafter: {CONFIG} is missing")
     meta = json.loads(path.read_text())
+    if meta.get("format_version") == 2:
+        meta = _from_format_2(meta)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"{path}: unsupported drafter format {meta.get('format_version')!r}")
     return meta
+
+
+def _from_format_2(meta: dict) -> dict:
+    """Format 2 (to 2026-12-01) gave every kind DFlash's config, DSpark's Markov rank beside it; the weights
+    are the same."""
+    drafter = dict(meta["drafter"])
+    if meta["kind"] == "dspark":
+        drafter["markov_rank"] = meta["dspark_rank"]
+    if meta["kind"] == "eagle3":
+        drafter["steps"] = drafter.pop("block_size")
+        del drafter["mask_token_id"], drafter["num_layers"]
+    upgraded = {key: value for key, value in meta.items() if key != "dspark_rank"}
+    return upgraded | {"format_version": FORMAT_VERSION, "drafter": drafter}
 
 
 def check_drafter_target(meta: dict, target: ModelConfig, target_params: TransformerParams) -> None:
@@ -83,10 +100,11 @@ def check_drafter_target(meta: dict, target: ModelConfig, target_params: Transfo
         )
 
 
-def import_drafter(directory: Path, target: ModelConfig, target_params: TransformerParams) -> Drafter:
+def import_drafter(directory: Path, target: ModelConfig, target_params: TransformerParams,
+                   build: BuildDrafter) -> nnx.Module:
+    """The drafter stored in `directory`, checked against the target, built by `build` and filled."""
     meta = read_drafter_config(directory)
     check_drafter_target(meta, target, target_params)
-    drafter = DrafterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["drafter"].items()})
     try:
         arrays = load_file(Path(directory) / WEIGHTS)
     except (SafetensorError, OSError) as error:
@@ -94,7 +112,7 @@ def import_drafter(directory: Path, target: ModelConfig, target_params: Transfor
     vocab = arrays.get(VOCAB_KEY)
     if vocab is None or vocab.shape != (meta["draft_vocab_size"],) or vocab.max(initial=0) >= target.vocab_size:
         raise ConfigError(f"{directory}: the draft vocabulary map {VOCAB_KEY!r} is missing or does not fit the target")
-    model = new_drafter(meta["kind"], drafter, vocab, meta["dspark_rank"], nnx.Rngs(0))
+    model = build(meta["kind"], meta["drafter"], vocab)
     stored = _stored(model)
     missing = [name for name, _ in stored if name not in arrays]
     if missing or len(arrays) != len(stored):
@@ -104,7 +122,7 @@ def import_drafter(directory: Path, target: ModelConfig, target_params: Transfor
     return model
 
 
-def _stored(model: Drafter) -> list[tuple[str, nnx.Variable]]:
+def _stored(model: nnx.Module) -> list[tuple[str, nnx.Variable]]:
     """(name, variable) of everything a drafter file holds: trained parameters and the vocabulary map."""
     flat = nnx.to_flat_state(nnx.state(model, (nnx.Param, VocabMap)))
     return [("/".join(map(str, path)), variable) for path, variable in flat]

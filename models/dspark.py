@@ -13,11 +13,25 @@ Everything here lives in the draft vocabulary (size Vd, see draft_vocab.py): W1 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from dspark_jax.models.dflash import DFlashConfig, DFlashDrafter
 from dspark_jax.sampling import SamplingConfig, expand_candidates
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DSparkConfig(DFlashConfig):
+    markov_rank: int = 256  # r of the Markov head's W1: V×r, W2: r×V
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.markov_rank < 1:
+            raise ValueError(f"the Markov head needs markov_rank >= 1, got {self.markov_rank}")
 
 
 class DSparkHeads(nnx.Module):
@@ -66,3 +80,12 @@ class DSparkHeads(nnx.Module):
         _, (candidates, q, confidence) = jax.lax.scan(step, anchor, xs)
         q = None if q is None else jnp.moveaxis(q, 0, 1)
         return jnp.moveaxis(candidates, 0, 1), q, jnp.moveaxis(confidence, 0, 1)
+
+
+class DSparkDrafter(DFlashDrafter):
+    """The trainable part of a DSpark drafter: a DFlash drafter plus the Markov and confidence heads over its
+    draft vocabulary."""
+
+    def __init__(self, config: DSparkConfig, vocab: int | np.ndarray, *, rngs: nnx.Rngs):
+        super().__init__(config, vocab, rngs=rngs)
+        self.heads = DSparkHeads(self.vocab.get_value().shape[0], config.hidden_size, config.markov_rank, rngs=rngs)

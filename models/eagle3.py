@@ -11,14 +11,25 @@ so the drafter learns from its own hidden states, as it drafts. Embedding and LM
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dspark_jax.models.dflash import DrafterConfig
-from dspark_jax.models.draft_vocab import VocabMap, full_vocab
+from dspark_jax.models.draft_vocab import vocab_map
+from dspark_jax.models.drafter_config import DrafterConfig
 from dspark_jax.models.transformer import apply_rope
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Eagle3Config(DrafterConfig):
+    steps: int = 7  # drafting steps (γ), unrolled as many times in the training-time test
+
+    DEFAULT_FEATURES: ClassVar[int] = 3  # EAGLE-3 fuses a low, a middle and a high layer
+    DEPTH_FIELD: ClassVar[str] = "steps"
 
 
 def following_tokens(tokens: jax.Array) -> jax.Array:
@@ -28,18 +39,15 @@ def following_tokens(tokens: jax.Array) -> jax.Array:
 
 
 class Eagle3Drafter(nnx.Module):
-    """config.num_layers must be 1 and config.block_size is the number of drafting steps (γ);
-    vocab as for BlockDrafter (target vocabulary size or the sorted target ids of a reduced one)."""
+    """One decoder layer drafting `config.steps` tokens; vocab: see `draft_vocab.vocab_map`."""
 
-    def __init__(self, config: DrafterConfig, vocab: int | np.ndarray, *, rngs: nnx.Rngs):
-        if config.num_layers != 1:
-            raise ValueError(f"an EAGLE-3 drafter has exactly one layer, got num_layers={config.num_layers}")
+    def __init__(self, config: Eagle3Config, vocab: int | np.ndarray, *, rngs: nnx.Rngs):
         e, h, kv, d, f = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
                           config.intermediate_size)
         linear = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=config.dtype, rngs=rngs)
         norm = lambda: nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
         self.config = config
-        self.vocab = VocabMap(jnp.asarray(full_vocab(vocab) if isinstance(vocab, int) else np.asarray(vocab, np.int32)))
+        self.vocab = vocab_map(vocab)
         self.fuse = linear(len(config.target_layers) * e, e)
         self.embed_norm, self.hidden_norm = norm(), norm()
         self.q, self.k, self.v = linear(2 * e, h * d), linear(2 * e, kv * d), linear(2 * e, kv * d)

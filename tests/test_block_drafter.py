@@ -5,18 +5,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from scipy import stats
 from tiny_models import tiny_config
 
+from dspark_jax.drafter_kinds import drafter_proposer, new_drafter
 from dspark_jax.generate import GenerationConfig, generate
-from dspark_jax.models.block_drafter import BlockDrafter
-from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.drafter_config import fused_layers
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import init_params
 from dspark_jax.models.transformer import forward
 from dspark_jax.proposers.base import DraftContext, Prefilled
-from dspark_jax.proposers.block_drafter import make_block_proposer
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.scheduler import PrefixScheduler
 from dspark_jax.speculative import speculative_generate
@@ -37,16 +35,16 @@ def reduced_vocab(config):
 
 
 def proposer_for(kind, config, params):
-    drafter = DrafterConfig.for_target(config, num_layers=1, block_size=4, num_features=2,
-                                       intermediate_size=64)
     vocab = reduced_vocab(config) if kind.endswith("reduced") else config.vocab_size
-    model = BlockDrafter(drafter, vocab, 8 if kind.startswith("dspark") else None, rngs=nnx.Rngs(1))
-    if model.heads is not None:  # a trained-looking Markov head, so each slot depends on the token before it
+    options = {"markov_rank": 8} if kind.startswith("dspark") else {}
+    model = new_drafter(kind.removesuffix("-reduced"), config, vocab, seed=1, depth=4, num_features=2,
+                        intermediate_size=64, **options)
+    if kind.startswith("dspark"):  # a trained-looking Markov head, so each slot depends on the token before it
         markov = model.heads
         keys = jax.random.split(jax.random.key(2))
         markov.transition_in.embedding[...] = jax.random.normal(keys[0], markov.transition_in.embedding.shape)
         markov.transition_out.kernel[...] = 0.5 * jax.random.normal(keys[1], markov.transition_out.kernel.shape)
-    return make_block_proposer(config, model, params)
+    return drafter_proposer(config, model, params)
 
 
 @pytest.mark.parametrize("template", [TreeTemplate(1, 4), TreeTemplate(2, 3)], ids=str)
@@ -150,5 +148,5 @@ def test_reduced_vocabulary_drafts_only_its_tokens(target, kind):
 def _prefilled(config, params):
     prompt = jnp.asarray([[5, 6, 7, 8, 5, 6]], jnp.int32)
     out = forward(params, prompt, jnp.arange(6)[None], KVCache.empty(config, 1, 6, params.embed.dtype), config=config,
-                  capture_layers=DrafterConfig.for_target(config, num_features=2).target_layers)
+                  capture_layers=fused_layers(config, 2))
     return Prefilled(prompt=prompt, prompt_lengths=jnp.asarray([6]), features=out.captured)

@@ -142,17 +142,12 @@ def test_default_model_end_to_end(capsys):
 
 
 def export_tiny_drafter(directory, family="llama"):
-    from flax import nnx
-
-    from dspark_jax.models.block_drafter import BlockDrafter
-    from dspark_jax.models.dflash import DrafterConfig
-    from dspark_jax.models.drafter_checkpoint import export_drafter
+    from dspark_jax.drafter_kinds import new_drafter, save_drafter
     from dspark_jax.target import load_target
 
     target = load_target(str(TINY / family))
-    drafter = DrafterConfig.for_target(target.config, num_layers=1, block_size=3, num_features=2)
-    model = BlockDrafter(drafter, target.config.vocab_size, 8, rngs=nnx.Rngs(0))
-    export_drafter(directory, model, target.config, target.params, family)
+    model = new_drafter("dspark", target.config, depth=3, num_features=2, markov_rank=8)
+    save_drafter(directory, model, target.config, target.params, family)
 
 
 def test_generates_with_an_exported_drafter(tmp_path, capsys):
@@ -169,7 +164,7 @@ def test_exported_drafter_checks_its_target(tmp_path, capsys):
     assert code == 2 and "trained for target 'llama'" in err
     code, err = run_cli(["--target", str(TINY / "llama"), "--prompt", "hi", "--gamma", "5",
                          "--drafter", str(tmp_path / "drafter")], capsys)
-    assert code == 2 and "blocks of 3 tokens" in err
+    assert code == 2 and "drafts at most 3 tokens" in err
 
 
 def test_scheduling_an_uncalibrated_drafter_says_so(tmp_path, capsys, stop_at_load):

@@ -5,17 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from tiny_models import tiny_config
 
+from dspark_jax.drafter_kinds import drafter_proposer, new_drafter
 from dspark_jax.generate import GenerationConfig, generate
-from dspark_jax.models.block_drafter import BlockDrafter
-from dspark_jax.models.dflash import DrafterConfig
-from dspark_jax.models.eagle3 import Eagle3Drafter
 from dspark_jax.models.params import init_params
-from dspark_jax.proposers.trained import drafter_proposer
 from dspark_jax.speculative import speculative_generate
-from dspark_jax.train.blocks import make_blocks
+from dspark_jax.train.blocks import make_blocks, masked_inputs
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer, train_step
 from dspark_jax.tree import TreeTemplate
 
@@ -25,8 +21,8 @@ PROMPT_LENGTH, RESPONSE_LENGTH = 4, 28
 def test_blocks_by_hand():
     tokens = jnp.array([[10, 11, 12, 13, 14, 15]])
     loss_mask = jnp.array([[0, 0, 1, 1, 1, 1]])
-    blocks = make_blocks(tokens, loss_mask, jnp.array([[1, 4]]), block_size=3, mask_token_id=0)
-    np.testing.assert_array_equal(blocks.inputs, [[[11, 0, 0], [14, 0, 0]]])
+    blocks = make_blocks(tokens, loss_mask, jnp.array([[1, 4]]), block_size=3)
+    np.testing.assert_array_equal(masked_inputs(blocks, mask_token_id=0), [[[11, 0, 0], [14, 0, 0]]])
     np.testing.assert_array_equal(blocks.positions, [[[1, 2, 3], [4, 5, 6]]])
     np.testing.assert_array_equal(blocks.targets[0, 0], [12, 13, 14])
     np.testing.assert_array_equal(blocks.previous[0, 0], [11, 12, 13])
@@ -57,11 +53,8 @@ def tau(config, params, model, prompts):
 @pytest.mark.parametrize("kind", ["dflash", "dspark", "eagle3"])
 def test_training_raises_acceptance(data, kind):
     config, params, tokens, loss_mask = data
-    drafter = DrafterConfig.for_target(config, num_layers=1, block_size=4, num_features=2, intermediate_size=128)
-    if kind == "eagle3":
-        model = Eagle3Drafter(drafter, config.vocab_size, rngs=nnx.Rngs(0))
-    else:
-        model = BlockDrafter(drafter, config.vocab_size, 16 if kind == "dspark" else None, rngs=nnx.Rngs(0))
+    model = new_drafter(kind, config, depth=4, num_features=2, intermediate_size=128,
+                        **({"markov_rank": 16} if kind == "dspark" else {}))
     held_out = np.random.default_rng(1).integers(1, config.vocab_size, (8, PROMPT_LENGTH)).tolist()
     before = tau(config, params, model, held_out)
     train = TrainConfig(learning_rate=3e-3, warmup_steps=10, total_steps=300, anchors_per_sequence=8)

@@ -9,12 +9,13 @@ import pytest
 from flax import nnx
 from tiny_models import tiny_config
 
-from dspark_jax.models.dflash import DFlashBackbone, DrafterConfig
+from dspark_jax.models.dflash import DFlashBackbone, DFlashConfig
+from dspark_jax.models.drafter_config import fused_layers
 from dspark_jax.models.dspark import DSparkHeads
 from dspark_jax.sampling import SamplingConfig
 
 TARGET = tiny_config("qwen3")
-CONFIG = DrafterConfig(target_layers=(0, 1), hidden_size=TARGET.hidden_size, mask_token_id=0, block_size=4,
+CONFIG = DFlashConfig(target_layers=(0, 1), hidden_size=TARGET.hidden_size, mask_token_id=0, block_size=4,
                        num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=96)
 S = 12
 
@@ -68,9 +69,9 @@ def test_bfloat16_compute_stays_close_to_float32(backbone_inputs):
 
 def test_default_target_layers_follow_the_design():
     qwen3_8b = TARGET.replace(num_layers=36, layer_types=())
-    assert DrafterConfig.for_target(qwen3_8b).target_layers == (1, 9, 17, 25, 33)
+    assert fused_layers(qwen3_8b, 5) == (1, 9, 17, 25, 33)
     gemma_270m = TARGET.replace(num_layers=18, layer_types=())
-    assert DrafterConfig.for_target(gemma_270m).target_layers == (1, 4, 8, 11, 15)
+    assert fused_layers(gemma_270m, 5) == (1, 4, 8, 11, 15)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 from tiny_models import tiny_config
 
+from dspark_jax.drafter_kinds import new_drafter
 from dspark_jax.generate import GenerationConfig, generate
-from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.draft_vocab import DraftHead
-from dspark_jax.models.eagle3 import Eagle3Drafter
+from dspark_jax.models.eagle3 import Eagle3Config, Eagle3Drafter
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import init_params
 from dspark_jax.models.transformer import forward
@@ -24,7 +24,7 @@ from dspark_jax.tree import TreeTemplate
 
 CONFIG = tiny_config("gemma3")
 PARAMS = init_params(CONFIG, jax.random.key(0), std=0.3)
-DRAFTER = DrafterConfig.for_target(CONFIG, num_layers=1, block_size=4, num_features=2, intermediate_size=64)
+DRAFTER = Eagle3Config.for_target(CONFIG, depth=4, num_features=2, intermediate_size=64)
 
 
 def captured(tokens):
@@ -48,7 +48,7 @@ def test_proposer_drafts_what_training_unrolls(vocab):
 
     # Training sees the same sequence with the drafts as teacher tokens: its step logits must pick them again.
     tokens = jnp.asarray([prompt + [anchor] + drafted])
-    blocks = make_blocks(tokens, jnp.ones_like(tokens), jnp.asarray([[len(prompt)]]), 4, 0)
+    blocks = make_blocks(tokens, jnp.ones_like(tokens), jnp.asarray([[len(prompt)]]), 4)
     head = DraftHead.from_target(CONFIG, PARAMS, model.vocab.get_value())
     step_logits = training_time_test(model, CONFIG, PARAMS, tokens, captured(tokens), blocks, head)
     assert head.to_target(jnp.argmax(step_logits[:, 0, 0], -1)).tolist() == drafted
@@ -67,6 +67,7 @@ def test_greedy_is_lossless(template):
 
 
 def test_one_layer_only():
-    with pytest.raises(ValueError, match="exactly one layer"):
-        Eagle3Drafter(DrafterConfig.for_target(CONFIG, num_layers=2, num_features=2), CONFIG.vocab_size,
-                      rngs=nnx.Rngs(0))
+    """EAGLE-3's config has no layer count or mask token to set: asking for either is refused by name."""
+    assert DRAFTER.depth == DRAFTER.steps == 4
+    with pytest.raises(ValueError, match="eagle3 drafter has no mask_token_id, num_layers"):
+        new_drafter("eagle3", CONFIG, num_layers=2, mask_token_id=0)

@@ -7,14 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TargetLoaded
-from flax import nnx
 
 from dspark_jax import cli, eval_commands
+from dspark_jax.drafter_kinds import new_drafter, save_drafter
 from dspark_jax.evaluation import load_tasks, merge_stats
-from dspark_jax.models.block_drafter import BlockDrafter
-from dspark_jax.models.dflash import DrafterConfig
 from dspark_jax.models.drafter_calibration import DrafterCalibration
-from dspark_jax.models.drafter_checkpoint import export_drafter
 from dspark_jax.speculative import SpecStats
 from dspark_jax.target import load_target
 from dspark_jax.temperature_scaling import SequentialTemperatures
@@ -26,9 +23,8 @@ TINY = str(Path(__file__).parent / "data" / "tiny" / "gemma3")
 def drafter_dir(tmp_path_factory):
     target = load_target(TINY)
     directory = tmp_path_factory.mktemp("drafter") / "tiny-dspark"
-    config = DrafterConfig.for_target(target.config, num_layers=1, block_size=3, num_features=2, intermediate_size=64)
-    export_drafter(directory, BlockDrafter(config, target.config.vocab_size, 8, rngs=nnx.Rngs(0)), target.config,
-                   target.params, "tiny")
+    model = new_drafter("dspark", target.config, depth=3, num_features=2, intermediate_size=64, markov_rank=8)
+    save_drafter(directory, model, target.config, target.params, "tiny")
     return directory
 
 

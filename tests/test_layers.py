@@ -18,7 +18,8 @@ LAYERS = (
                         "dspark_jax.acceptance")),
     ("models", ("dspark_jax.models",)),
     ("engine", ("dspark_jax.generate", "dspark_jax.target", "dspark_jax.proposers", "dspark_jax.speculative")),
-    ("training", ("dspark_jax.train",)),
+    # the drafter-kind registry joins each kind's model, proposer and training objective
+    ("training", ("dspark_jax.train", "dspark_jax.drafter_kinds")),
     ("applications", ("dspark_jax",)),
 )
 

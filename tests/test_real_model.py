@@ -95,17 +95,16 @@ def test_draft_model_speculation_equals_transformers(target, golden):
 def test_shipped_drafters_match_their_target_and_are_lossless(target, golden, kind):
     """The drafters shipped in dspark_jax/drafters load against the default target (fingerprint checked) and
     speculative greedy decoding with them reproduces transformers' tokens exactly."""
+    from dspark_jax.drafter_kinds import drafter_proposer, load_drafter
     from dspark_jax.drafters import shipped_drafter
-    from dspark_jax.models.drafter_checkpoint import import_drafter
-    from dspark_jax.proposers.trained import drafter_proposer
 
     directory = shipped_drafter(kind)
     assert directory is not None, f"no shipped {kind} drafter"
-    model = import_drafter(directory, target.config, target.params)
+    model = load_drafter(directory, target.config, target.params)
     proposer, params = drafter_proposer(target.config, model, target.params)
     result = speculative_generate(target.params, target.config, golden["prompts"][:2],
                                   GenerationConfig(max_new_tokens=32), proposer, params,
-                                  TreeTemplate(1, model.config.block_size))
+                                  TreeTemplate(1, model.config.depth))
     np.testing.assert_array_equal(np.array(result.tokens), golden["generated"][:2, :32])
     print(f"\n{kind}: tau {result.stats.tau:.2f}")
     # The shipped drafters are weak (docs/results.md: tau ~1.1), but they do get draft tokens accepted.

@@ -8,9 +8,8 @@ import pytest
 from flax import nnx
 from tiny_models import tiny_config
 
-from dspark_jax.models.block_drafter import BlockDrafter
-from dspark_jax.models.dflash import DrafterConfig
-from dspark_jax.models.eagle3 import Eagle3Drafter
+from dspark_jax.drafter_kinds import new_drafter
+from dspark_jax.models.dspark import DSparkConfig, DSparkDrafter
 from dspark_jax.models.params import init_params
 from dspark_jax.models.transformer import logits
 from dspark_jax.train import drafter_step, target_cache
@@ -83,9 +82,9 @@ def test_killed_write_leaves_no_half_shard(tmp_path, monkeypatch):
 
 def test_training_from_the_cache_lowers_the_loss(tmp_path):
     shard = CachedShard(write_cache(CONFIG, PARAMS, LAYERS, TOKENS, LOSS_MASK, tmp_path, shard_size=10)[0])
-    drafter = DrafterConfig(target_layers=LAYERS, hidden_size=CONFIG.hidden_size, mask_token_id=0, block_size=3,
-                            num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=64)
-    model = BlockDrafter(drafter, CONFIG.vocab_size, 8, rngs=nnx.Rngs(0))
+    drafter = DSparkConfig(target_layers=LAYERS, hidden_size=CONFIG.hidden_size, mask_token_id=0, block_size=3,
+                           num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=64, markov_rank=8)
+    model = DSparkDrafter(drafter, CONFIG.vocab_size, rngs=nnx.Rngs(0))
     train = TrainConfig(learning_rate=3e-3, warmup_steps=2, total_steps=40, anchors_per_sequence=4)
     optimizer = make_optimizer(model, train)
     losses = []
@@ -113,10 +112,8 @@ def test_statistics_are_computed_chunk_by_chunk_where_needed(monkeypatch):
 
 
 def _drafter(kind: str, vocab: np.ndarray):
-    config = DrafterConfig.for_target(CONFIG, num_layers=1, block_size=3, target_layers=LAYERS)
-    if kind == "eagle3":
-        return Eagle3Drafter(config, vocab, rngs=nnx.Rngs(0))
-    return BlockDrafter(config, vocab, 8 if kind == "dspark" else None, rngs=nnx.Rngs(0))
+    options = {"markov_rank": 8} if kind == "dspark" else {}
+    return new_drafter(kind, CONFIG, vocab, depth=3, target_layers=LAYERS, **options)
 
 
 @pytest.mark.parametrize("kind", ["dflash", "dspark", "eagle3"])

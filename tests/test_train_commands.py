@@ -35,8 +35,9 @@ def test_train_then_generate(data, tmp_path, drafter, mode, capsys):
         cli.main(["prepare-cache", *common, "--out", str(tmp_path / "cache"), "--shard-size", "3"])
         assert "GiB" in capsys.readouterr().out
         extra = ["--cache", str(tmp_path / "cache")]
+    extra += ["--rank", "8"] if drafter == "dspark" else []
     cli.main(["train", "--drafter", drafter, *common, *extra, "--out", str(tmp_path / "run"), "--steps", "3",
-              "--batch-size", "2", "--block-size", "3", "--rank", "8", "--checkpoint-every", "2", "--anchors", "3"])
+              "--batch-size", "2", "--block-size", "3", "--checkpoint-every", "2", "--anchors", "3"])
     assert "trained 3/3 steps" in capsys.readouterr().out
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
     exported = json.loads((tmp_path / "run" / "drafter" / "drafter.json").read_text())
@@ -76,10 +77,14 @@ def test_dspark_loss_weights_reach_the_logged_loss(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("drafter, weights, message", [
-    ("dflash", ["--ce-weight", "1"], "dflash has no such terms"),
+    ("dflash", ["--ce-weight", "1"], "--ce-weight weigh loss terms a dflash drafter does not have"),
     ("dspark", ["--tv-weight", "-1"], "loss weights must be >= 0"),
+    ("eagle3", ["--rank", "8"], "--rank does not apply to a eagle3 drafter"),
+    ("eagle3", ["--layers", "2"], "--layers does not apply to a eagle3 drafter"),
+    ("dflash", ["--rank", "8"], "--rank does not apply to a dflash drafter"),
+    ("dspark", ["--layers", "0"], "--layers must be >= 1, got 0"),
 ])
-def test_bad_loss_weights_fail_before_loading(data, tmp_path, capsys, stop_at_load, drafter, weights, message):
+def test_options_of_another_kind_fail_before_loading(data, tmp_path, capsys, stop_at_load, drafter, weights, message):
     stop_at_load(train_commands)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--drafter", drafter, "--target", TINY, "--data", str(data), "--out", str(tmp_path),
@@ -128,8 +133,8 @@ def test_a_run_directory_resumes_only_its_own_drafter(data, tmp_path, capsys, st
         cli.main(["train", "--drafter", "eagle3", *run])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert ("holds the checkpoints of a drafter written with other settings: drafter 'dspark' (now 'eagle3'), "
-            "num_features 5 (now 3)") in err
+    assert "holds the checkpoints of a drafter written with other settings: drafter 'dspark' (now 'eagle3')" in err
+    assert "steps None (now 7)" in err  # EAGLE-3 counts its depth in steps
 
 
 def test_a_stopped_run_exits_non_zero(data, tmp_path, capsys, monkeypatch):

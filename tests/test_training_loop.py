@@ -10,8 +10,7 @@ import numpy as np
 from flax import nnx
 from tiny_models import tiny_config
 
-from dspark_jax.models.block_drafter import BlockDrafter
-from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.drafter_kinds import new_drafter
 from dspark_jax.models.params import init_params
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
 from dspark_jax.train.loop import RunConfig, online_steps, run_training
@@ -25,8 +24,7 @@ RUN = RunConfig(checkpoint_every=3, progress=False)
 
 
 def fresh(seed):
-    drafter = DrafterConfig.for_target(CONFIG, num_layers=1, block_size=3, num_features=2, intermediate_size=64)
-    model = BlockDrafter(drafter, CONFIG.vocab_size, 8, rngs=nnx.Rngs(seed))
+    model = new_drafter("dspark", CONFIG, seed=seed, depth=3, num_features=2, intermediate_size=64, markov_rank=8)
     return model, make_optimizer(model, TRAIN)
 
 

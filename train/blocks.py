@@ -1,9 +1,9 @@
-"""Training blocks: random anchors per sequence, the block inputs, targets and masks the drafters learn from.
+"""Training blocks: random anchors per sequence, the positions, targets and masks the drafters learn from.
 
-For an anchor at position a the block input is [x_a, mask, ..., mask] at positions a .. a + γ - 1; slot i
-predicts x_{a+1+i}, and the target's distribution for it is the target's prediction at position a + i.
-The block sees the target context at positions < a (and itself). Slots past the sequence end or outside
-the loss mask (prompt tokens) are invalid and carry no loss.
+For an anchor at position a the block covers positions a .. a + γ - 1 (DFlash feeds [x_a, mask, ..., mask]
+there, EAGLE-3 the teacher tokens x_a .. x_{a+γ-1}); slot i predicts x_{a+1+i}, and the target's distribution
+for it is the target's prediction at position a + i. The block sees the target context at positions < a (and
+itself). Slots past the sequence end or outside the loss mask (prompt tokens) are invalid and carry no loss.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import jax.numpy as jnp
 @dataclasses.dataclass
 class Blocks:
     anchors: jax.Array  # int32[B, N]
-    inputs: jax.Array  # int32[B, N, γ]: anchor token then mask tokens
     positions: jax.Array  # int32[B, N, γ]
     targets: jax.Array  # int32[B, N, γ]: x_{a+1+i}
     previous: jax.Array  # int32[B, N, γ]: x_{a+i}, the teacher-forced token before each slot (Markov head)
@@ -50,8 +49,7 @@ def sample_anchors(key: jax.Array, loss_mask: jax.Array, num_anchors: int) -> ja
     return jax.random.categorical(key, logits[:, None, :], axis=-1, shape=(batch, num_anchors)).astype(jnp.int32)
 
 
-def make_blocks(tokens: jax.Array, loss_mask: jax.Array, anchors: jax.Array, block_size: int,
-                mask_token_id: int) -> Blocks:
+def make_blocks(tokens: jax.Array, loss_mask: jax.Array, anchors: jax.Array, block_size: int) -> Blocks:
     """tokens, loss_mask: [B, T]; anchors: int32[B, N]."""
     batch, length = tokens.shape
     offsets = jnp.arange(block_size, dtype=jnp.int32)
@@ -59,10 +57,8 @@ def make_blocks(tokens: jax.Array, loss_mask: jax.Array, anchors: jax.Array, blo
     take = lambda table, index: at_positions(table, jnp.clip(index, 0, length - 1))
     target_index = positions + 1
     valid = (target_index < length) & take(loss_mask, target_index).astype(bool)
-    inputs = jnp.where(offsets == 0, take(tokens, anchors[..., None]), mask_token_id)
     return Blocks(
         anchors=anchors,
-        inputs=inputs.astype(jnp.int32),
         positions=positions,
         targets=take(tokens, target_index),
         previous=take(tokens, positions),
@@ -70,3 +66,9 @@ def make_blocks(tokens: jax.Array, loss_mask: jax.Array, anchors: jax.Array, blo
         valid=valid,
         context_visible=jnp.arange(length)[None, None, :] < anchors[..., None],
     )
+
+
+def masked_inputs(blocks: Blocks, mask_token_id: int) -> jax.Array:
+    """int32[B, N, γ]: a DFlash block's input, the anchor token then mask tokens."""
+    slot = jnp.arange(blocks.previous.shape[-1])
+    return jnp.where(slot == 0, blocks.previous[..., :1], mask_token_id).astype(jnp.int32)

@@ -1,4 +1,4 @@
-"""One training step of a drafter (DFlash, DSpark with its heads, or EAGLE-3), target features online.
+"""One training step of a drafter of any kind (`drafter_kinds.py`), target features online.
 
 The frozen target runs first (no gradient) and yields the K fused-layer features and its final hidden
 states; the drafter is trained on random anchor blocks of the same sequences. With a target cache the first
@@ -22,19 +22,15 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from dspark_jax.drafter_kinds import kind_of
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.draft_vocab import DraftHead
-from dspark_jax.models.drafters import Drafter
-from dspark_jax.models.eagle3 import Eagle3Drafter
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
-from dspark_jax.models.transformer import embed, forward, logits
+from dspark_jax.models.transformer import forward, logits
 from dspark_jax.sampling import argmax
 from dspark_jax.train.blocks import Blocks, at_positions, make_blocks, sample_anchors
-from dspark_jax.train.dflash_loss import dflash_loss
-from dspark_jax.train.dspark_loss import DSparkLossWeights, dspark_loss
-from dspark_jax.train.eagle3_loss import eagle3_loss
-from dspark_jax.train.eagle3_ttt import training_time_test
+from dspark_jax.train.dspark_loss import DSparkLossWeights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +45,7 @@ class TrainConfig:
     eagle3_step_decay: float = 0.8
 
 
-def make_optimizer(model: Drafter, config: TrainConfig) -> nnx.Optimizer:
+def make_optimizer(model: nnx.Module, config: TrainConfig) -> nnx.Optimizer:
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
                                                   max(config.total_steps, config.warmup_steps + 1))
     tx = optax.chain(optax.clip_by_global_norm(config.clip_norm),
@@ -108,55 +104,28 @@ def target_statistics(target: ModelConfig, params: TransformerParams, hidden: ja
     return jax.tree.map(lambda a: a.reshape(-1)[:count].reshape(leading), stats)
 
 
-def teacher_forced_logits(model: Drafter, target: ModelConfig, params: TransformerParams, tokens: jax.Array,
-                          features: jax.Array, blocks: Blocks, head: DraftHead) -> tuple[jax.Array, jax.Array | None]:
-    """(draft logits float32[B, N, γ, Vd], DSpark confidences [B, N, γ] or None): what the drafter predicts at
-    every block slot, fed the data tokens (EAGLE-3 unrolls its training-time test). tokens: [B, T]."""
-    if isinstance(model, Eagle3Drafter):
-        step_logits = training_time_test(model, target, params, tokens, features, blocks, head)  # [γ, B, N, Vd]
-        return jnp.moveaxis(step_logits, 0, 2), None
-    batch, length = tokens.shape
-    context = model.backbone.context(features, jnp.broadcast_to(jnp.arange(length), (batch, length)))
-    hidden = model.backbone(embed(params, blocks.inputs, config=target), blocks.positions, context,
-                            blocks.context_visible)  # [B, N, γ, E]
-    draft_logits = head.logits(hidden)
-    if model.heads is None:
-        return draft_logits, None
-    return model.heads.teacher_forced(draft_logits, hidden, head.to_draft(blocks.previous))
-
-
-def drafter_loss(model: Drafter, target: ModelConfig, params: TransformerParams, tokens: jax.Array,
+def drafter_loss(model: nnx.Module, target: ModelConfig, params: TransformerParams, tokens: jax.Array,
                  features: jax.Array, source_hidden: jax.Array, statistics: TargetStatistics, blocks: Blocks,
                  train: TrainConfig):
-    """(loss, metrics) for the blocks of one batch of sequences: the DFlash, DSpark or EAGLE-3 objective.
+    """(loss, metrics) for the blocks of one batch of sequences: the drafter kind's objective.
     source_hidden [B, N, γ, E] and statistics [B, N, γ]: the target at each slot's source position."""
-    head, loss = DraftHead.from_target(target, params, model.vocab.get_value()), train.loss
+    kind = kind_of(model)
+    head = DraftHead.from_target(target, params, model.vocab.get_value())
     target_log_probs = head.target_log_probs(source_hidden, statistics.log_normalizer)  # [B, N, γ, Vd]
     targets = head.to_draft(blocks.targets)
     targets = jnp.where(targets == head.size, -1, targets)
-    flat = lambda a: a.reshape(-1, *a.shape[2:])
-    draft_logits, confidence = teacher_forced_logits(model, target, params, tokens, features, blocks, head)
-    if isinstance(model, Eagle3Drafter):
-        steps_first = lambda a: jnp.moveaxis(a, 2, 0)
-        value = eagle3_loss(steps_first(draft_logits), steps_first(target_log_probs),
-                            steps_first(blocks.valid), train.eagle3_step_decay)
-        parts = {"soft_ce": value}
-    elif model.heads is None:
-        value = dflash_loss(flat(draft_logits), flat(targets), flat(blocks.valid), loss.decay)
-        parts = {"ce": value}
-    else:
-        value, parts = dspark_loss(flat(draft_logits), flat(target_log_probs),
-                                   flat(confidence), flat(targets), flat(blocks.valid), loss)
+    draft_logits, confidence = kind.teacher_forced(model, target, params, tokens, features, blocks, head)
+    value, parts = kind.objective(draft_logits, target_log_probs, confidence, targets, blocks.valid, train)
     accepted = head.to_target(argmax(draft_logits)) == statistics.greedy
     parts["top1_agreement"] = jnp.sum(accepted & blocks.valid) / jnp.maximum(jnp.sum(blocks.valid), 1)
     return value, parts
 
 
-def _update(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+def _update(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
             tokens: jax.Array, loss_mask: jax.Array, features: jax.Array, final_hidden: jax.Array, key: jax.Array,
             config: TrainConfig, statistics: TargetStatistics | None = None) -> dict[str, jax.Array]:
     anchors = sample_anchors(key, loss_mask, config.anchors_per_sequence)
-    blocks = make_blocks(tokens, loss_mask, anchors, model.config.block_size, model.config.mask_token_id)
+    blocks = make_blocks(tokens, loss_mask, anchors, model.config.depth)
     source_hidden = at_positions(final_hidden, blocks.source)
     if statistics is None:  # online: the full-vocabulary head at the blocks' positions only
         source_statistics = target_statistics(target, params, source_hidden)
@@ -170,7 +139,7 @@ def _update(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, param
 
 
 @nnx.jit(static_argnames=("target", "config"))
-def train_step(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
                tokens: jax.Array, loss_mask: jax.Array, key: jax.Array, config: TrainConfig):
     """Online mode: one optimizer step on a batch of sequences (tokens, loss_mask: [B, T]), the target's
     features computed on the fly; returns the metrics."""
@@ -179,7 +148,7 @@ def train_step(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, pa
 
 
 @nnx.jit(static_argnames=("target", "config"))
-def train_step_cached(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+def train_step_cached(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
                       tokens: jax.Array, loss_mask: jax.Array, features: jax.Array, final_hidden: jax.Array,
                       statistics: TargetStatistics, key: jax.Array, config: TrainConfig):
     """Offline mode: the same step with features [K, B, T, E], final hidden [B, T, E] (bfloat16; computed in

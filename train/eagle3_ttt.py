@@ -41,9 +41,15 @@ def training_time_test(model: Eagle3Drafter, target: ModelConfig, params: Transf
     chain_k = jnp.zeros((*anchors.shape, 0, c.num_kv_heads, c.head_dim), context_k.dtype)
     chain_v = chain_k
     step_logits = []
-    for k in range(c.block_size):
+    for k in range(c.steps):
         token_embeddings = embed(params, blocks.previous[..., k], config=target)
         hidden, chain_k, chain_v = model(token_embeddings, hidden, anchors - 1 + k, context_k, context_v, visible,
                                          chain_k, chain_v)
         step_logits.append(head.logits(model.normed(hidden)))
     return jnp.stack(step_logits)
+
+
+def eagle3_teacher_forced(model: Eagle3Drafter, target: ModelConfig, params: TransformerParams, tokens: jax.Array,
+                          features: jax.Array, blocks: Blocks, head: DraftHead) -> tuple[jax.Array, None]:
+    """(draft logits float32[B, N, γ, Vd], None): the training-time test laid out like a block drafter's."""
+    return jnp.moveaxis(training_time_test(model, target, params, tokens, features, blocks, head), 0, 2), None

@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from dspark_jax.atomic_file import write_atomically
 from dspark_jax.models.config import ModelConfig
-from dspark_jax.models.drafters import Drafter
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.train.drafter_step import TrainConfig, train_step, train_step_cached
 from dspark_jax.train.target_cache import CachedShard
@@ -34,7 +33,7 @@ from dspark_jax.train.target_cache import CachedShard
 StepFn = Callable[[jax.Array, jax.Array], tuple[dict, int]]
 
 
-def online_steps(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+def online_steps(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
                  tokens: jax.Array, loss_mask: jax.Array, batch_size: int, train: TrainConfig) -> StepFn:
     """Steps that sample `batch_size` sequences and compute the target's features on the fly."""
     if batch_size > tokens.shape[0]:
@@ -48,7 +47,7 @@ def online_steps(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, 
     return step
 
 
-def cached_steps(model: Drafter, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
+def cached_steps(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
                  shards: list[CachedShard], batch_size: int, train: TrainConfig,
                  feature_index: tuple[int, ...] | None = None) -> StepFn:
     """Steps that read features from the target cache: one shard per step, `batch_size` rows of it.
@@ -85,7 +84,7 @@ def _truncate_log(path: Path, last_step: int) -> None:
     write_atomically(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
 
 
-def run_training(model: Drafter, optimizer: nnx.Optimizer, take_step: StepFn, train: TrainConfig,
+def run_training(model: nnx.Module, optimizer: nnx.Optimizer, take_step: StepFn, train: TrainConfig,
                  run: RunConfig, out_dir: Path, after_step: Callable[[int, dict], None] | None = None) -> int:
     """Trains until `train.total_steps` (resuming from the newest checkpoint in out_dir); returns the step
     reached, which is smaller when SIGTERM stopped the run. `take_step` comes from `online_steps` or

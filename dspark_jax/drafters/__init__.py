@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from dspark_jax.models.drafters import KINDS
+from dspark_jax.drafter_kinds import KINDS
 
 TARGET_FILE = "gemma-3-270m-q4_k_m.gguf"  # the file name of the default target they were trained for
 
@@ -16,6 +16,6 @@ TARGET_FILE = "gemma-3-270m-q4_k_m.gguf"  # the file name of the default target 
 def shipped_drafter(kind: str) -> Path | None:
     """Directory of the shipped drafter of this kind, None when the package holds none."""
     if kind not in KINDS:
-        raise ValueError(f"unknown drafter kind {kind!r}; shipped kinds are {', '.join(KINDS)}")
+        raise ValueError(f"unknown drafter kind {kind!r}; kinds are {', '.join(KINDS)}")
     directory = Path(str(resources.files(__package__).joinpath(kind)))
     return directory if (directory / "drafter.json").is_file() else None

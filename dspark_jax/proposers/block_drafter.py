@@ -18,10 +18,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dspark_jax.generate import prompt_slots
-from dspark_jax.models.block_drafter import BlockDrafter
 from dspark_jax.models.config import ModelConfig
-from dspark_jax.models.dflash import DrafterConfig
+from dspark_jax.models.dflash import DFlashConfig, DFlashDrafter
 from dspark_jax.models.draft_vocab import DraftHead
+from dspark_jax.models.dspark import DSparkDrafter, DSparkHeads
 from dspark_jax.models.kv_cache import EMPTY_POSITION
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import embed
@@ -50,7 +50,7 @@ class ContextCache:
 @dataclasses.dataclass(frozen=True)
 class BlockDrafterProposer:
     target: ModelConfig
-    drafter: DrafterConfig
+    drafter: DFlashConfig
     backbone_def: nnx.GraphDef
     heads_def: nnx.GraphDef | None = None
 
@@ -112,10 +112,20 @@ def _write(cache: ContextCache, kv: list[tuple[jax.Array, jax.Array]], positions
     return ContextCache(keys=keys, values=values, positions=cache.positions.at[rows, slots].set(positions, mode="drop"))
 
 
-def make_block_proposer(target: ModelConfig, model: BlockDrafter, target_params: TransformerParams):
-    """(proposer, params) for the engine from a DSpark (heads set) or DFlash drafter."""
+def make_dflash_proposer(target: ModelConfig, model: DFlashDrafter, target_params: TransformerParams):
+    """(proposer, params) for the engine from a DFlash drafter."""
+    return _block_proposer(target, model, None, target_params)
+
+
+def make_dspark_proposer(target: ModelConfig, model: DSparkDrafter, target_params: TransformerParams):
+    """(proposer, params) for the engine from a DSpark drafter: the DFlash proposer drafting through its heads."""
+    return _block_proposer(target, model, model.heads, target_params)
+
+
+def _block_proposer(target: ModelConfig, model: DFlashDrafter, heads: DSparkHeads | None,
+                    target_params: TransformerParams):
     backbone_def, backbone_state = nnx.split(model.backbone)
-    heads_def, heads_state = nnx.split(model.heads) if model.heads is not None else (None, None)
+    heads_def, heads_state = nnx.split(heads) if heads is not None else (None, None)
     proposer = BlockDrafterProposer(target, model.config, backbone_def, heads_def)
     head = DraftHead.from_target(target, target_params, model.vocab.get_value())
     return proposer, BlockDrafterParams(backbone=backbone_state, heads=heads_state, target=target_params, head=head)
