@@ -36,24 +36,25 @@ def main() -> None:
     spec = describe_target("default")
     choice = resolve_drafter(args.drafter, spec)
     target = load_target(spec, weights=args.weights)
-    proposer, proposer_params = choice.build(target)
+    method = choice.method(target)
     tokenizer = target.tokenizer
     prompts = [tokenizer.encode(tokenizer.chat_prompt(p)) for p in load_tasks(["mt-bench"])[0].prompts]
     generation = GenerationConfig(args.max_new_tokens, SamplingConfig(args.temperature), tokenizer.eos_ids)
     print(f"ms per step by verified depth ({args.drafter}, T = {args.temperature:g}, {choice.template.width}x"
           f"{choice.template.depth})")
     for batch in (int(b) for b in args.batch_sizes.split(",")):
-        decoder, prompt, lengths = prepare(target.config, prompts[:batch], generation, proposer, choice.template)
-        costs = profile_scheduler(decoder, target.params, proposer_params, prompt, lengths,
+        decoder, prompt, lengths = prepare(target.config, prompts[:batch], generation, method.proposer, method.template)
+        costs = profile_scheduler(decoder, target.params, method.params, prompt, lengths,
                                   jax.random.key(0)).step_seconds
         cells = " ".join(f"{1000 * s:.1f}" for s in costs)
         need = costs[1] / costs[0] - 1
         print(f"batch {batch}: {cells}   (depth 1 pays off when the mean a_1 > {need:.2f})")
         key = jax.random.key(0)
-        state = jax.jit(decoder.prefill)(target.params, proposer_params, prompt, lengths, key)
+        state = jax.jit(decoder.prefill)(target.params, method.params, prompt, lengths, key)
         context = DraftContext(history=state.history, length=state.length, done=state.done)
-        propose = jax.jit(lambda p, s, c: proposer.propose(p, s, c, choice.template, generation.sampling, key)[0])
-        draft_ms = best_ms(lambda: propose(proposer_params, state.proposer_state, context))
+        proposer = method.proposer
+        propose = jax.jit(lambda p, s, c: proposer.propose(p, s, c, method.template, generation.sampling, key)[0])
+        draft_ms = best_ms(lambda: propose(method.params, state.proposer_state, context))
         plain = Decoder(target.config, generation, decoder.cache_size)
         plain_state = jax.jit(plain.prefill)(target.params, prompt, lengths, jax.random.split(key, batch))
         plain_step = jax.jit(plain.step)

@@ -23,7 +23,7 @@ from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.transformer import forward, logits
 from dspark_jax.proposers.ngram import NgramProposer
-from dspark_jax.speculative import speculative_generate
+from dspark_jax.speculative import SpeculativeMethod, speculative_generate
 from dspark_jax.target import load_target
 from dspark_jax.tree import TreeTemplate
 
@@ -73,8 +73,9 @@ def main() -> None:
                 prompts = [target.tokenizer.encode(target.tokenizer.chat_prompt(t)) for t in texts]
                 plain_s, plain = best_time(lambda: generate(target.params, target.config, prompts, generation),
                                            args.repeats)
-                spec_s, spec = best_time(lambda: speculative_generate(target.params, target.config, prompts,
-                                                                      generation, NgramProposer(), None, template),
+                spec_s, spec = best_time(lambda: speculative_generate(target.params, target.config, prompts, generation,
+                                                                      SpeculativeMethod(NgramProposer(), None,
+                                                                                        template)),
                                          args.repeats)
                 base_s, base = baseline.setdefault((task, batch), (plain_s, plain))
                 tokens = sum(len(r) for r in plain)

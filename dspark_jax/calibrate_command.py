@@ -19,7 +19,7 @@ import numpy as np
 
 from dspark_jax.drafter_choice import resolve_drafter
 from dspark_jax.eval_commands import comma_list
-from dspark_jax.evaluation import EvalConfig, Evaluator, Method, Task, load_tasks
+from dspark_jax.evaluation import EvalConfig, Evaluator, Task, load_tasks
 from dspark_jax.models.drafter_calibration import CALIBRATION_FILE
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.target import DEFAULT_TARGET, add_weights_argument, describe_target, load_target, resolve_weights
@@ -78,7 +78,7 @@ def calibrate_command(args: argparse.Namespace) -> None:
         raise ValueError(f"no prompt of {args.prompts} fits --max-prompt-tokens {args.max_prompt_tokens}")
 
     target = load_target(spec, weights=weights)
-    method = Method(choice.name, *choice.build(target), choice.template)
+    method = choice.method(target)
     config = EvalConfig(args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
     evaluator = Evaluator(target, config, [Task("calibration", tuple(prompts))])
     calibration = choice.calibration

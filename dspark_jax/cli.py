@@ -107,8 +107,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     target = load_target(spec, dtype=DTYPES[args.dtype], mesh=mesh, weights=weights)
     if choice is not None:
-        proposer, proposer_params = choice.build(target)
-        _speculate(args, target, prompts, generation, proposer, proposer_params, choice)
+        _speculate(args, target, prompts, generation, choice.method(target))
         return
     start, printed, rows = time.perf_counter(), "", []
     for rows in generate_stream(target.params, target.config, prompts, generation, seed=args.seed):
@@ -127,10 +126,9 @@ def _generate(args: argparse.Namespace) -> None:
     print(f"[{total} tokens in {seconds:.2f}s, {total / seconds:.1f} tok/s including compilation]", file=sys.stderr)
 
 
-def _speculate(args, target, prompts, generation, proposer, draft_params, choice) -> None:
-    result = speculative.speculative_generate(target.params, target.config, prompts, generation, proposer,
-                                              draft_params, choice.template, seed=args.seed, split_timing=True,
-                                              schedule=choice.scheduled, calibration=choice.calibration)
+def _speculate(args, target, prompts, generation, method: speculative.SpeculativeMethod) -> None:
+    result = speculative.speculative_generate(target.params, target.config, prompts, generation, method,
+                                              seed=args.seed, split_timing=True)
     for i, row in enumerate(result.tokens):
         if len(prompts) > 1:
             print(f"--- [{i}] {args.prompt[i]!r}")
@@ -138,7 +136,7 @@ def _speculate(args, target, prompts, generation, proposer, draft_params, choice
     s = result.stats
     total = sum(len(r) for r in result.tokens)
     rates = " ".join(f"{r:.2f}" for r in s.accept_rate_by_position)
-    verified = f", {s.mean_verified_depth:.2f} draft tokens verified per step" if choice.scheduled else ""
+    verified = f", {s.mean_verified_depth:.2f} draft tokens verified per step" if method.scheduled else ""
     print(f"[{total} tokens, {s.target_steps} target steps, tau {s.tau:.2f}{verified}, accept rate by position "
           f"{rates}; prefill {s.prefill_seconds:.2f}s, decode {s.decode_seconds:.2f}s including compilation]",
           file=sys.stderr)

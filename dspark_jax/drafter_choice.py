@@ -26,6 +26,7 @@ from dspark_jax.models.drafter_checkpoint import read_drafter_config
 from dspark_jax.proposers.draft_model import DraftModelProposer
 from dspark_jax.proposers.hybrid import HybridProposer
 from dspark_jax.proposers.ngram import NgramProposer
+from dspark_jax.speculative import SCHEDULES, SpeculativeMethod
 from dspark_jax.target import Target, TargetSpec, describe_target, load_target
 from dspark_jax.tree import TreeTemplate
 
@@ -42,23 +43,20 @@ def tree_argument(text: str) -> TreeTemplate:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-SCHEDULES = ("full", "hardware")  # verify the whole draft / the prefix DSpark's hardware-aware scheduler picks
-
-
 @dataclasses.dataclass(frozen=True)
 class DrafterChoice:
     name: str
     template: TreeTemplate
     build: Callable[[Target], tuple[Any, Any]]  # target -> (proposer, proposer params)
     has_confidence: bool = False  # the drafter scores its drafts (DSpark's confidence head)
-    scheduled: bool = False  # verify only the prefix the hardware-aware scheduler picks
+    schedule: str = "full"  # one of SCHEDULES: "hardware" verifies the prefix the scheduler picks
     calibration: DrafterCalibration = DrafterCalibration(())  # STS fits of the confidence head
     directory: Path | None = None  # where an exported drafter lives
 
     def calibration_note(self, temperature: float) -> str | None:
         """Why a scheduled run at this decoding temperature will use raw confidences, or None. Raises when
         the fit is shallower than the draft."""
-        if not self.scheduled:
+        if self.schedule == "full":
             return None
         fit = self.calibration.for_temperature(temperature)
         if fit is not None:
@@ -81,7 +79,12 @@ class DrafterChoice:
         if not self.has_confidence:
             raise ValueError(f"--schedule hardware needs a drafter with a confidence head (dspark or a DSpark "
                              f"drafter directory); {self.name} has none")
-        return dataclasses.replace(self, name=f"{self.name}+scheduler", scheduled=True)
+        return dataclasses.replace(self, name=f"{self.name}+scheduler", schedule=schedule)
+
+    def method(self, target: Target) -> SpeculativeMethod:
+        """The speculative method for the loaded target (loads the drafter's weights)."""
+        proposer, params = self.build(target)
+        return SpeculativeMethod(proposer, params, self.template, self.schedule, self.calibration, self.name)
 
 
 def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tree: TreeTemplate | None = None,

@@ -17,8 +17,9 @@ from dspark_jax.atomic_file import write_atomically
 from dspark_jax.drafter_choice import resolve_drafter, tree_argument
 from dspark_jax.eval_data import TASKS
 from dspark_jax.eval_report import write_report
-from dspark_jax.evaluation import EvalConfig, Evaluator, Method, benchmark, load_tasks
+from dspark_jax.evaluation import EvalConfig, Evaluator, benchmark, load_tasks
 from dspark_jax.sampling import SamplingConfig
+from dspark_jax.speculative import SpeculativeMethod
 from dspark_jax.target import DEFAULT_TARGET, add_weights_argument, describe_target, load_target, resolve_weights
 
 
@@ -94,8 +95,8 @@ def _step_tokens(choices, batch_size: int) -> int:
     return batch_size * max(c.template.num_nodes for c in choices)
 
 
-def _build(choices, target) -> list[Method]:
-    return [Method(c.name, *c.build(target), c.template, c.scheduled, c.calibration) for c in choices]
+def _build(choices, target) -> list[SpeculativeMethod]:
+    return [c.method(target) for c in choices]
 
 
 def evaluate_command(args: argparse.Namespace) -> None:

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -27,12 +26,10 @@ from tqdm import tqdm
 from dspark_jax.calibration import calibration_by_position, reliability_bins
 from dspark_jax.eval_data import TASKS, load_prompts
 from dspark_jax.generate import GenerationConfig, bucketed_width, generate
-from dspark_jax.models.drafter_calibration import DrafterCalibration
 from dspark_jax.sampling import SamplingConfig
-from dspark_jax.speculative import SpecStats, speculative_generate
+from dspark_jax.speculative import SpecStats, SpeculativeMethod, speculative_generate
 from dspark_jax.target import Target
 from dspark_jax.temperature_scaling import SequentialTemperatures, survival_ece
-from dspark_jax.tree import TreeTemplate
 
 # The greedy losslessness check of a sampled evaluation: a few prompts, a short budget.
 LOSSLESS_PROMPTS, LOSSLESS_TOKENS = 2, 32
@@ -78,18 +75,6 @@ def load_tasks(specs: list[str], limit: int | None = None) -> list[Task]:
     if len(set(names)) != len(names):
         raise ValueError(f"task names must be unique, got {names}")
     return tasks
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """A drafter under evaluation: the engine's proposer, its parameters and the draft tree."""
-
-    name: str
-    proposer: Any
-    params: Any
-    template: TreeTemplate
-    scheduled: bool = False  # verify only the prefix the hardware-aware scheduler picks (speculative_generate)
-    calibration: DrafterCalibration = DrafterCalibration(())  # STS fits of the confidence head, for the scheduler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +147,7 @@ class Evaluator:
             batches[-1] = batches[-1] + [batches[-1][-1]] * (size - len(batches[-1]))
         return batches
 
-    def run(self, method: Method | None, prompts: list[list[int]], max_new_tokens: int,
+    def run(self, method: SpeculativeMethod | None, prompts: list[list[int]], max_new_tokens: int,
             sampling: SamplingConfig, timed: bool = True,
             progress: str | None = None) -> tuple[list[list[int]], float, SpecStats | None]:
         """(tokens per prompt, seconds, merged stats or None for autoregressive decoding); `progress` names a
@@ -173,8 +158,7 @@ class Evaluator:
         call = lambda batch: (generate(self.target.params, self.target.config, batch, generation, self.config.seed)
                               if method is None else
                               speculative_generate(self.target.params, self.target.config, batch, generation,
-                                                   method.proposer, method.params, method.template, self.config.seed,
-                                                   schedule=method.scheduled, calibration=method.calibration))
+                                                   method, self.config.seed))
         if timed and key not in self.warm:
             call(batches[0])  # compile outside the timed region
         self.warm.add(key)
@@ -189,7 +173,7 @@ class Evaluator:
         seconds = time.perf_counter() - start
         return tokens[: len(prompts)], seconds, (merge_stats(stats, rows=len(prompts)) if stats else None)
 
-    def evaluate(self, methods: list[Method], progress: bool = True) -> dict:
+    def evaluate(self, methods: list[SpeculativeMethod], progress: bool = True) -> dict:
         """{"tasks": {task: {"autoregressive": {...}, drafter: {...}}}, "settings": {...}}."""
         config = self.config
         results = {}
@@ -229,7 +213,7 @@ class Evaluator:
         return {"settings": settings, "tasks": results}
 
 
-def benchmark(target: Target, methods: list[Method], task: Task, batch_sizes: tuple[int, ...],
+def benchmark(target: Target, methods: list[SpeculativeMethod], task: Task, batch_sizes: tuple[int, ...],
               temperatures: tuple[float, ...], max_new_tokens: int, progress: bool = True) -> list[dict]:
     """Tokens/s of autoregressive decoding and of each drafter for every (temperature, batch size), one row
     each; batch b decodes the task's first b prompts, every method timed after its own warm-up."""

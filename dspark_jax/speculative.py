@@ -32,6 +32,40 @@ from dspark_jax.sampling import argmax, probabilities, sample
 from dspark_jax.scheduler import PrefixScheduler
 from dspark_jax.tree import TreeTemplate, verify_mask, verify_positions
 
+SCHEDULES = ("full", "hardware")  # verify the whole draft / the prefix DSpark's hardware-aware scheduler picks
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SpeculativeMethod:
+    """What speculative decoding drafts with, built once (`DrafterChoice.method` from the CLI's --drafter, or
+    by hand) and consumed whole by `speculative_generate`, `Evaluator` and `calibrate`.
+
+    schedule: "full" verifies the whole draft every step; "hardware" verifies the prefix the hardware-aware
+    scheduler picks from the drafter's confidences (DSpark), its step costs profiled on the first call of a
+    shape (`profile_scheduler`) and the confidences calibrated by `calibration`'s STS fit for the decoding
+    temperature (raw without one); a `PrefixScheduler` brings its own costs and calibration.
+    """
+
+    proposer: Proposer
+    params: Any = None  # the proposer's parameters (pytree); None for a proposer without any
+    template: TreeTemplate = TreeTemplate()
+    schedule: str | PrefixScheduler = "full"
+    calibration: DrafterCalibration = DrafterCalibration(())  # STS fits of the confidence head
+    name: str = "speculative"
+
+    def __post_init__(self):
+        if isinstance(self.schedule, PrefixScheduler):
+            if self.calibration.fits:
+                raise ValueError("a PrefixScheduler carries its own calibration: use schedule='hardware' to "
+                                 "calibrate with `calibration`")
+        elif self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)} or a "
+                             "PrefixScheduler")
+
+    @property
+    def scheduled(self) -> bool:
+        return self.schedule != "full"
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
@@ -330,29 +364,21 @@ def prepare(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: Ge
 
 
 def speculative_generate(params: TransformerParams, model: ModelConfig, prompts: Sequence[Sequence[int]],
-                         generation: GenerationConfig, proposer: Proposer, proposer_params: Any = None,
-                         template: TreeTemplate = TreeTemplate(), seed: int = 0,
-                         split_timing: bool = False, schedule: PrefixScheduler | bool = False,
-                         calibration: DrafterCalibration | None = None) -> SpecResult:
-    """Generated tokens per prompt and acceptance statistics.
+                         generation: GenerationConfig, method: SpeculativeMethod, seed: int = 0,
+                         split_timing: bool = False) -> SpecResult:
+    """Generated tokens per prompt and acceptance statistics, drafting with `method`.
 
     By default the whole generation is one device call. `split_timing=True` runs prefill and the decode
     loop as two calls (still no host round trip per step) so their wall times can be reported apart.
-    `schedule` verifies, each step, only the draft prefix the hardware-aware scheduler picks from the
-    drafter's confidences (DSpark): True profiles the step costs on the first such call of this shape
-    (`profile_scheduler`) and calibrates the confidences with the drafter's STS fit for this decoding
-    temperature from `calibration` (raw confidences without one); a PrefixScheduler brings its own costs and
-    calibration. Unscheduled runs ignore `calibration`.
     """
-    if isinstance(schedule, PrefixScheduler) and calibration is not None and calibration.fits:
-        raise ValueError("a PrefixScheduler carries its own calibration: pass schedule=True to use `calibration`")
+    proposer, proposer_params, template, schedule = method.proposer, method.params, method.template, method.schedule
     decoder, prompt, lengths = prepare(model, prompts, generation, proposer, template)
     key = jax.random.key(seed)
-    if schedule is True:
-        fit = calibration.for_temperature(generation.sampling.temperature) if calibration is not None else None
+    if schedule == "hardware":
+        fit = method.calibration.for_temperature(generation.sampling.temperature)
         schedule = dataclasses.replace(profile_scheduler(decoder, params, proposer_params, prompt, lengths, key),
                                        calibration=fit)
-    if schedule:
+    if isinstance(schedule, PrefixScheduler):
         decoder = dataclasses.replace(decoder, scheduler=schedule)
     start = time.perf_counter()
     if split_timing:

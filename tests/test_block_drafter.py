@@ -17,7 +17,7 @@ from dspark_jax.models.transformer import forward
 from dspark_jax.proposers.base import DraftContext, Prefilled
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.scheduler import PrefixScheduler
-from dspark_jax.speculative import speculative_generate
+from dspark_jax.speculative import SpeculativeMethod, speculative_generate
 from dspark_jax.tree import TreeTemplate
 
 PROMPTS = [[5, 6, 7, 8, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [9]]
@@ -53,7 +53,8 @@ def test_greedy_is_lossless(target, kind, template):
     config, params = target
     generation = GenerationConfig(max_new_tokens=12)
     proposer, proposer_params = proposer_for(kind, config, params)
-    result = speculative_generate(params, config, PROMPTS, generation, proposer, proposer_params, template)
+    result = speculative_generate(params, config, PROMPTS, generation,
+                                  SpeculativeMethod(proposer, proposer_params, template))
     assert result.tokens == generate(params, config, PROMPTS, generation)
     assert result.stats.target_steps <= 12
 
@@ -66,10 +67,11 @@ def test_scheduled_greedy_is_lossless(target, template):
     generation = GenerationConfig(max_new_tokens=12)
     proposer, proposer_params = proposer_for("dspark-reduced", config, params)
     expected = generate(params, config, PROMPTS, generation)
-    run = lambda schedule: speculative_generate(params, config, PROMPTS, generation, proposer, proposer_params,
-                                                template, schedule=schedule)
-    assert run(True).tokens == expected
-    free, full = run(PrefixScheduler((1.0,) * (template.depth + 1))), run(False)
+    run = lambda schedule: speculative_generate(params, config, PROMPTS, generation,
+                                                SpeculativeMethod(proposer, proposer_params, template,
+                                                                  schedule=schedule))
+    assert run("hardware").tokens == expected
+    free, full = run(PrefixScheduler((1.0,) * (template.depth + 1))), run("full")
     assert free.tokens == expected
     np.testing.assert_array_equal(free.stats.accepted, full.stats.accepted)
     assert free.stats.mean_verified_depth == template.depth
@@ -83,8 +85,9 @@ def test_the_scheduler_needs_a_confidence_head(target):
     config, params = target
     proposer, proposer_params = proposer_for("dflash", config, params)
     with pytest.raises(ValueError, match="confidence head"):
-        speculative_generate(params, config, PROMPTS, GenerationConfig(max_new_tokens=4), proposer,
-                             proposer_params, TreeTemplate(1, 4), schedule=PrefixScheduler((1.0,) * 5))
+        speculative_generate(params, config, PROMPTS, GenerationConfig(max_new_tokens=4),
+                             SpeculativeMethod(proposer, proposer_params, TreeTemplate(1, 4),
+                                               schedule=PrefixScheduler((1.0,) * 5)))
 
 
 def goodness_of_fit_p(samples: np.ndarray, probs: np.ndarray) -> float:

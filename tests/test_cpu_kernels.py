@@ -160,8 +160,8 @@ def test_speculative_decoding_on_packed_weights_is_lossless():
     generation = GenerationConfig(max_new_tokens=16)
     prompts = [[5, 6, 7, 8, 5, 6, 7, 8], [1, 2, 3]]
     expected = generate(params, config, prompts, generation)
-    result = speculative.speculative_generate(params, config, prompts, generation, NgramProposer(), None,
-                                              TreeTemplate(1, 4))
+    result = speculative.speculative_generate(params, config, prompts, generation,
+                                              speculative.SpeculativeMethod(NgramProposer(), None, TreeTemplate(1, 4)))
     assert result.tokens == expected
 
 

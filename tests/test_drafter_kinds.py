@@ -16,7 +16,7 @@ from dspark_jax.drafter_kinds import DrafterKind, drafter_proposer, kind_of, loa
 from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.models.dflash import DFlashConfig, DFlashDrafter
 from dspark_jax.proposers.block_drafter import make_dflash_proposer
-from dspark_jax.speculative import speculative_generate
+from dspark_jax.speculative import SpeculativeMethod, speculative_generate
 from dspark_jax.target import load_target
 from dspark_jax.train.block_teacher_forcing import dflash_teacher_forced
 from dspark_jax.train.dflash_loss import cross_entropy
@@ -74,8 +74,8 @@ def test_a_fourth_kind_trains_exports_loads_and_drafts(toy_kind, tmp_path, capsy
     prompts = [[5, 6, 7, 8, 5, 6], [9, 3]]
     generation = GenerationConfig(max_new_tokens=10)
     proposer, params = drafter_proposer(target.config, model, target.params)
-    result = speculative_generate(target.params, target.config, prompts, generation, proposer, params,
-                                  TreeTemplate(1, 3))
+    result = speculative_generate(target.params, target.config, prompts, generation,
+                                  SpeculativeMethod(proposer, params, TreeTemplate(1, 3)))
     assert result.tokens == generate(target.params, target.config, prompts, generation)  # lossless
 
     cli.main(["generate", "--target", TINY, "--prompt", "hello", "--max-new-tokens", "6", "--drafter",

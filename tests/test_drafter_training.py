@@ -10,7 +10,7 @@ from tiny_models import tiny_config
 from dspark_jax.drafter_kinds import drafter_proposer, new_drafter
 from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.models.params import init_params
-from dspark_jax.speculative import speculative_generate
+from dspark_jax.speculative import SpeculativeMethod, speculative_generate
 from dspark_jax.train.blocks import make_blocks, masked_inputs
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer, train_step
 from dspark_jax.tree import TreeTemplate
@@ -45,7 +45,8 @@ def tau(config, params, model, prompts):
     """Greedy tau on prompts the drafter never trained on, checking losslessness on the way."""
     proposer, proposer_params = drafter_proposer(config, model, params)
     generation = GenerationConfig(max_new_tokens=RESPONSE_LENGTH)
-    result = speculative_generate(params, config, prompts, generation, proposer, proposer_params, TreeTemplate(1, 4))
+    result = speculative_generate(params, config, prompts, generation,
+                                  SpeculativeMethod(proposer, proposer_params, TreeTemplate(1, 4)))
     assert result.tokens == generate(params, config, prompts, generation)  # lossless before and after training
     return result.stats.tau
 

@@ -17,7 +17,7 @@ from dspark_jax.models.transformer import forward
 from dspark_jax.proposers.base import DraftContext, Prefilled
 from dspark_jax.proposers.eagle3 import make_eagle3_proposer
 from dspark_jax.sampling import SamplingConfig
-from dspark_jax.speculative import speculative_generate
+from dspark_jax.speculative import SpeculativeMethod, speculative_generate
 from dspark_jax.train.blocks import make_blocks
 from dspark_jax.train.eagle3_ttt import training_time_test
 from dspark_jax.tree import TreeTemplate
@@ -62,7 +62,7 @@ def test_greedy_is_lossless(template):
     proposer, params = make_eagle3_proposer(CONFIG, Eagle3Drafter(DRAFTER, CONFIG.vocab_size, rngs=nnx.Rngs(1)),
                                             PARAMS)
     generation = GenerationConfig(max_new_tokens=12)
-    result = speculative_generate(PARAMS, CONFIG, prompts, generation, proposer, params, template)
+    result = speculative_generate(PARAMS, CONFIG, prompts, generation, SpeculativeMethod(proposer, params, template))
     assert result.tokens == generate(PARAMS, CONFIG, prompts, generation)
 
 

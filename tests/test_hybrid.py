@@ -16,7 +16,7 @@ from dspark_jax.proposers.base import Draft, DraftContext
 from dspark_jax.proposers.draft_model import DraftModelProposer
 from dspark_jax.proposers.hybrid import HybridProposer, ngram_expectation
 from dspark_jax.sampling import SamplingConfig
-from dspark_jax.speculative import speculative_generate
+from dspark_jax.speculative import SpeculativeMethod, speculative_generate
 from dspark_jax.tree import TreeTemplate
 
 VOCAB = 16
@@ -80,8 +80,8 @@ def test_greedy_is_lossless(kind, template):
     proposer, proposer_params = proposer_for(kind, config, params)
     generation = GenerationConfig(max_new_tokens=12)
     prompts = PROMPTS + [[3, 4, 5, 6, 7] * 4]  # one prompt the lookup continues at once
-    result = speculative_generate(params, config, prompts, generation, HybridProposer(proposer), proposer_params,
-                                  template)
+    result = speculative_generate(params, config, prompts, generation,
+                                  SpeculativeMethod(HybridProposer(proposer), proposer_params, template))
     assert result.tokens == generate(params, config, prompts, generation)
 
 
@@ -108,8 +108,10 @@ def test_sampling_matches_plain_sampling():
     in_prompt = np.isin(plain[:, 0], prompts[0])
     assert 0.2 < in_prompt.mean() < 0.8  # both kinds of rows are common
     hybrid = HybridProposer(DraftModelProposer(draft_config))
-    run = lambda proposer: first_tokens(speculative_generate(params, config, prompts, generation, proposer,
-                                                             draft_params, TreeTemplate(1, 2), seed=2).tokens, 3)
+    run = lambda proposer: first_tokens(speculative_generate(params, config, prompts, generation,
+                                                             SpeculativeMethod(proposer, draft_params,
+                                                                               TreeTemplate(1, 2)),
+                                                             seed=2).tokens, 3)
     assert two_sample_p(plain, run(hybrid), config.vocab_size) > 1e-3
     assert two_sample_p(plain, run(DrafterQEverywhere(hybrid)), config.vocab_size) < 1e-6
 

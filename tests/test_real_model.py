@@ -18,7 +18,7 @@ from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.transformer import forward, logits
 from dspark_jax.proposers.ngram import NgramProposer
-from dspark_jax.speculative import speculative_generate
+from dspark_jax.speculative import SpeculativeMethod, speculative_generate
 from dspark_jax.target import load_target
 from dspark_jax.tree import TreeTemplate
 
@@ -71,7 +71,7 @@ def test_teacher_forced_logits_match_transformers(target, golden):
 def test_speculative_greedy_equals_transformers(target, golden, template):
     prompts = golden["prompts"][:2]
     result = speculative_generate(target.params, target.config, prompts, GenerationConfig(max_new_tokens=32),
-                                  NgramProposer(), None, template)
+                                  SpeculativeMethod(NgramProposer(), None, template))
     np.testing.assert_array_equal(np.array(result.tokens), golden["generated"][:2, :32])
     assert result.stats.tau > 1.5  # the base model quotes its prompt back, which n-gram drafting catches
 
@@ -86,8 +86,8 @@ def test_draft_model_speculation_equals_transformers(target, golden):
     draft_config = target.config.replace(num_layers=layers, layer_types=target.config.layer_types[:layers])
     draft_params = dataclasses.replace(target.params, layers=target.params.layers[:layers])
     result = speculative_generate(target.params, target.config, golden["prompts"][3:5],
-                                  GenerationConfig(max_new_tokens=16), DraftModelProposer(draft_config),
-                                  draft_params, TreeTemplate(2, 3))
+                                  GenerationConfig(max_new_tokens=16),
+                                  SpeculativeMethod(DraftModelProposer(draft_config), draft_params, TreeTemplate(2, 3)))
     np.testing.assert_array_equal(np.array(result.tokens), golden["generated"][3:5, :16])
 
 
@@ -103,8 +103,8 @@ def test_shipped_drafters_match_their_target_and_are_lossless(target, golden, ki
     model = load_drafter(directory, target.config, target.params)
     proposer, params = drafter_proposer(target.config, model, target.params)
     result = speculative_generate(target.params, target.config, golden["prompts"][:2],
-                                  GenerationConfig(max_new_tokens=32), proposer, params,
-                                  TreeTemplate(1, model.config.depth))
+                                  GenerationConfig(max_new_tokens=32),
+                                  SpeculativeMethod(proposer, params, TreeTemplate(1, model.config.depth)))
     np.testing.assert_array_equal(np.array(result.tokens), golden["generated"][:2, :32])
     print(f"\n{kind}: tau {result.stats.tau:.2f}")
     # The shipped drafters are weak (docs/results.md: tau ~1.1), but they do get draft tokens accepted.
@@ -141,8 +141,7 @@ def test_the_default_drafter_is_chosen_by_temperature_and_schedule(target, golde
     scheduled = resolve_drafter("default", spec, temperature=1.0, schedule="hardware")
     assert scheduled.name == "dspark" and scheduled.has_confidence
 
-    proposer, params = greedy.build(target)
     result = speculative_generate(target.params, target.config, golden["prompts"][:2],
-                                  GenerationConfig(max_new_tokens=32), proposer, params, greedy.template)
+                                  GenerationConfig(max_new_tokens=32), greedy.method(target))
     np.testing.assert_array_equal(np.array(result.tokens), golden["generated"][:2, :32])
     assert result.stats.tau > 1.5  # the lookup finds what the greedy 270M model repeats

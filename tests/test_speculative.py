@@ -20,7 +20,7 @@ from dspark_jax.proposers.draft_model import DraftModelProposer
 from dspark_jax.proposers.ngram import NgramProposer
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.scheduler import PrefixScheduler
-from dspark_jax.speculative import SpecStats, speculative_generate
+from dspark_jax.speculative import SpecStats, SpeculativeMethod, speculative_generate
 from dspark_jax.temperature_scaling import SequentialTemperatures
 from dspark_jax.tree import TreeTemplate
 
@@ -52,9 +52,11 @@ def test_greedy_is_lossless(model, name, template):
     generation = GenerationConfig(max_new_tokens=20)
     proposer, proposer_params = proposers(config, params)[name]
     expected = generate(params, config, PROMPTS, generation)
-    result = speculative_generate(params, config, PROMPTS, generation, proposer, proposer_params, template)
+    result = speculative_generate(params, config, PROMPTS, generation,
+                                  SpeculativeMethod(proposer, proposer_params, template))
     assert result.tokens == expected
-    single = speculative_generate(params, config, PROMPTS[1:2], generation, proposer, proposer_params, template)
+    single = speculative_generate(params, config, PROMPTS[1:2], generation,
+                                  SpeculativeMethod(proposer, proposer_params, template))
     assert single.tokens == expected[1:2]
 
 
@@ -62,12 +64,13 @@ def test_acceptance_is_real(model):
     """A draft equal to the target accepts everything; the n-gram drafter accepts on repetitive text."""
     config, params = model
     generation = GenerationConfig(max_new_tokens=20)
-    perfect = speculative_generate(params, config, PROMPTS, generation, DraftModelProposer(config), params,
-                                   TreeTemplate(1, 4))
+    perfect = speculative_generate(params, config, PROMPTS, generation,
+                                   SpeculativeMethod(DraftModelProposer(config), params, TreeTemplate(1, 4)))
     assert perfect.stats.tau > 4.0  # 5 per full step; only the budget cuts the last step short
     np.testing.assert_array_equal(perfect.stats.accept_rate_by_position, 1.0)
     repeat = [[3, 4, 5, 6, 7] * 6]
-    ngram = speculative_generate(params, config, repeat, generation, NgramProposer(), None, TreeTemplate(1, 4))
+    ngram = speculative_generate(params, config, repeat, generation,
+                                 SpeculativeMethod(NgramProposer(), None, TreeTemplate(1, 4)))
     copied = generate(params, config, repeat, generation)
     assert ngram.tokens == copied
     assert ngram.stats.target_steps < 20
@@ -82,8 +85,8 @@ def test_stop_tokens_and_budgets_per_row():
     expected = generate(params, config, PROMPTS, generation)
     assert len(expected[1]) <= 6 and any(len(row) == 16 for row in expected)
     draft_config, draft_params = truncated(params, config, 2)
-    result = speculative_generate(params, config, PROMPTS, generation, DraftModelProposer(draft_config),
-                                  draft_params, TreeTemplate(2, 3))
+    result = speculative_generate(params, config, PROMPTS, generation,
+                                  SpeculativeMethod(DraftModelProposer(draft_config), draft_params, TreeTemplate(2, 3)))
     assert result.tokens == expected
 
 
@@ -208,8 +211,10 @@ def test_one_compilation_whatever_the_acceptance(monkeypatch):
     generation = GenerationConfig(max_new_tokens=20)
     proposer = DraftModelProposer(config)  # same static loop; only the draft weights differ
     noisy = jax.tree.map(lambda a, b: a + 0.6 * b, params, init_params(config, jax.random.key(1), std=0.3))
-    perfect = speculative_generate(params, config, PROMPTS, generation, proposer, params, TreeTemplate(1, 4))
-    poor = speculative_generate(params, config, PROMPTS, generation, proposer, noisy, TreeTemplate(1, 4))
+    perfect = speculative_generate(params, config, PROMPTS, generation,
+                                   SpeculativeMethod(proposer, params, TreeTemplate(1, 4)))
+    poor = speculative_generate(params, config, PROMPTS, generation,
+                                SpeculativeMethod(proposer, noisy, TreeTemplate(1, 4)))
     assert perfect.stats.target_steps < poor.stats.target_steps
     assert len(traces) == 1
 
@@ -249,18 +254,20 @@ def test_the_profiled_scheduler_uses_the_fit_for_the_decoding_temperature(monkey
     generation = GenerationConfig(max_new_tokens=12)
     expected = generate(params, config, PROMPTS, generation)
     flat = SequentialTemperatures((10.0, 10.0))
-    run = lambda calibration: speculative_generate(params, config, PROMPTS, generation, proposer, draft_params,
-                                                   TreeTemplate(1, 2), schedule=True, calibration=calibration)
-    raw = run(None)
+    run = lambda calibration: speculative_generate(params, config, PROMPTS, generation,
+                                                   SpeculativeMethod(proposer, draft_params, TreeTemplate(1, 2),
+                                                                     schedule="hardware", calibration=calibration))
+    raw = run(DrafterCalibration(()))
     calibrated = run(DrafterCalibration(()).with_fit(0.0, flat))
     other_temperature = run(DrafterCalibration(()).with_fit(1.0, flat))
     assert raw.tokens == calibrated.tokens == other_temperature.tokens == expected
     assert calibrated.stats.mean_verified_depth == 0 < raw.stats.mean_verified_depth
     assert other_temperature.stats.mean_verified_depth == raw.stats.mean_verified_depth
     with pytest.raises(ValueError, match="carries its own calibration"):
-        speculative_generate(params, config, PROMPTS, generation, proposer, draft_params, TreeTemplate(1, 2),
-                             schedule=PrefixScheduler((1.0, 1.6, 2.2)),
-                             calibration=DrafterCalibration(()).with_fit(0.0, flat))
+        speculative_generate(params, config, PROMPTS, generation,
+                             SpeculativeMethod(proposer, draft_params, TreeTemplate(1, 2),
+                                               schedule=PrefixScheduler((1.0, 1.6, 2.2)),
+                                               calibration=DrafterCalibration(()).with_fit(0.0, flat)))
 
 
 def first_tokens(rows, count):
@@ -291,8 +298,10 @@ def test_sampling_matches_plain_sampling(monkeypatch):
     plain = first_tokens(generate(params, config, prompts, generation, seed=1), 3)
 
     def speculative_tokens():
-        result = speculative_generate(params, config, prompts, generation, DraftModelProposer(draft_config),
-                                      draft_params, TreeTemplate(2, 2), seed=2)
+        result = speculative_generate(params, config, prompts, generation,
+                                      SpeculativeMethod(DraftModelProposer(draft_config), draft_params,
+                                                        TreeTemplate(2, 2)),
+                                      seed=2)
         return first_tokens(result.tokens, 3), result.stats
 
     good, good_stats = speculative_tokens()
@@ -302,8 +311,9 @@ def test_sampling_matches_plain_sampling(monkeypatch):
     # A scheduler cutting the drafts by confidences that depend on the previous draft token (as DSpark's do)
     # keeps the distribution: here it verifies one token of two.
     scheduled = speculative_generate(params, config, prompts, generation,
-                                     ParityConfidence(DraftModelProposer(draft_config)), draft_params,
-                                     TreeTemplate(2, 2), seed=2, schedule=PrefixScheduler((1.0, 1.1, 5.0)))
+                                     SpeculativeMethod(ParityConfidence(DraftModelProposer(draft_config)), draft_params,
+                                                       TreeTemplate(2, 2), schedule=PrefixScheduler((1.0, 1.1, 5.0))),
+                                     seed=2)
     assert scheduled.stats.mean_verified_depth == 1.0 and scheduled.stats.tau > 1.2
     assert two_sample_p(plain, first_tokens(scheduled.tokens, 3), config.vocab_size) > 1e-3
 
@@ -316,3 +326,13 @@ def test_sampling_matches_plain_sampling(monkeypatch):
     bad, _ = speculative_tokens()
     speculative._generate.clear_cache()
     assert two_sample_p(plain, bad, config.vocab_size) < 1e-6
+
+
+def test_a_method_is_checked_when_built():
+    with pytest.raises(ValueError, match="unknown schedule 'sometimes'"):
+        SpeculativeMethod(NgramProposer(), schedule="sometimes")
+    with pytest.raises(ValueError, match="carries its own calibration"):
+        SpeculativeMethod(NgramProposer(), schedule=PrefixScheduler((1.0, 2.0)),
+                          calibration=DrafterCalibration(()).with_fit(0.0, SequentialTemperatures((1.0,))))
+    assert not SpeculativeMethod(NgramProposer()).scheduled
+    assert SpeculativeMethod(NgramProposer(), schedule="hardware").scheduled
