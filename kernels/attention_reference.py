@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dspark_jax.kernels.soft_cap import soft_cap
+
 
 def attention(
     q: jax.Array,
@@ -29,8 +31,7 @@ def attention(
     kv_heads = k.shape[2]
     q = q.reshape(b, t, kv_heads, h // kv_heads, d)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
-    if logit_softcap is not None:
-        scores = jnp.tanh(scores / logit_softcap) * logit_softcap
+    scores = soft_cap(scores, logit_softcap)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)

@@ -27,6 +27,8 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
 
+from dspark_jax.kernels.soft_cap import soft_cap
+
 BLOCK_M = 64  # query rows per program: the M granularity of Hopper's wgmma
 DEFAULT_BLOCK_S = 64  # cache slots per pipeline step: double-buffers head_dim-256 K/V blocks in shared memory
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)  # the reference's fill: keeps fully masked rows finite
@@ -148,8 +150,7 @@ def _kernel(
             return acc_ref[...]
 
         scores = pl.run_scoped(q_kt, plgpu.ACC((BLOCK_M, block_s), jnp.float32)) * scale
-        if logit_softcap is not None:
-            scores = jnp.tanh(scores / logit_softcap) * logit_softcap
+        scores = soft_cap(scores, logit_softcap)
         visible = mask_blk[...] != 0
         if not mask_per_row:
             visible = lax.broadcast_in_dim(visible, scores.shape, [1])

@@ -24,7 +24,9 @@ from flax import nnx
 
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.draft_vocab import vocab_map
+from dspark_jax.models.drafter_attention import grouped_attention
 from dspark_jax.models.drafter_config import DrafterConfig
+from dspark_jax.models.rms_norm import RMSNorm
 from dspark_jax.models.transformer import apply_rope
 
 
@@ -52,9 +54,9 @@ class DraftLayer(nnx.Module):
                           config.intermediate_size)
         linear = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=config.dtype, rngs=rngs)
         self.config = config
-        self.attn_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
+        self.attn_norm = RMSNorm(e, eps=config.rms_norm_eps, dtype=config.dtype)
         self.q, self.k, self.v, self.o = linear(e, h * d), linear(e, kv * d), linear(e, kv * d), linear(h * d, e)
-        self.mlp_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
+        self.mlp_norm = RMSNorm(e, eps=config.rms_norm_eps, dtype=config.dtype)
         self.gate, self.up, self.down = linear(e, f), linear(e, f), linear(f, e)
 
     def _heads(self, x: jax.Array, n: int) -> jax.Array:
@@ -72,22 +74,13 @@ class DraftLayer(nnx.Module):
         context_visible: bool[B, N, S]."""
         c = self.config
         b, n, g, _ = x.shape
-        groups = c.num_heads // c.num_kv_heads
         h = self.attn_norm(x)
         flat = lambda a: a.reshape(b, n * g, *a.shape[3:])
         q = apply_rope(self._heads(flat(self.q(h)), c.num_heads), flat(positions[..., None])[..., 0], c.inv_freq)
         block_k, block_v = self.keys_values(flat(h), flat(positions[..., None])[..., 0])
-        q = q.reshape(b, n, g, c.num_kv_heads, groups, c.head_dim)
-        block_k = block_k.reshape(b, n, g, c.num_kv_heads, c.head_dim)
-        block_v = block_v.reshape(b, n, g, c.num_kv_heads, c.head_dim)
-        scale = c.head_dim**-0.5
-        ctx_scores = jnp.einsum("bnqkgd,bskd->bnkgqs", q, context_k, preferred_element_type=jnp.float32) * scale
-        ctx_scores = jnp.where(context_visible[:, :, None, None, None, :], ctx_scores, -jnp.inf)
-        blk_scores = jnp.einsum("bnqkgd,bnpkd->bnkgqp", q, block_k, preferred_element_type=jnp.float32) * scale
-        probs = jax.nn.softmax(jnp.concatenate([ctx_scores, blk_scores], axis=-1), axis=-1).astype(x.dtype)
-        ctx_probs, blk_probs = probs[..., : context_k.shape[1]], probs[..., context_k.shape[1]:]
-        attn = (jnp.einsum("bnkgqs,bskd->bnqkgd", ctx_probs, context_v)
-                + jnp.einsum("bnkgqp,bnpkd->bnqkgd", blk_probs, block_v))
+        group = lambda a: a.reshape(b, n, g, *a.shape[2:])
+        attn = grouped_attention(group(q), context_k, context_v, context_visible, group(block_k), group(block_v),
+                                 scale=c.head_dim**-0.5)  # a block sees the context before its anchor and itself
         x = x + self.o(attn.reshape(b, n, g, -1))
         h = self.mlp_norm(x)
         return x + self.down(jax.nn.silu(self.gate(h)) * self.up(h))
@@ -98,26 +91,28 @@ class DFlashBackbone(nnx.Module):
         self.config = config
         e = config.hidden_size
         self.fuse = nnx.Linear(len(config.target_layers) * e, e, use_bias=False, dtype=config.dtype, rngs=rngs)
-        self.fuse_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
+        self.fuse_norm = RMSNorm(e, eps=config.rms_norm_eps, dtype=config.dtype)
         self.layers = nnx.List([DraftLayer(config, rngs=rngs) for _ in range(config.num_layers)])
-        self.final_norm = nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
+        self.final_norm = RMSNorm(e, eps=config.rms_norm_eps, dtype=config.dtype)
 
-    def context(self, features: jax.Array, positions: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
-        """Per draft layer, the context keys/values. features: [K, B, S, E] target layer outputs (K in
-        `target_layers` order); positions: int32[B, S]."""
+    def context(self, features: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The context keys and values of every draft layer, [L, B, S, KVH, D] each. features: [K, B, S, E]
+        target layer outputs (K in `target_layers` order); positions: int32[B, S]."""
         fused = self.fuse_norm(self.fuse(jnp.concatenate(list(features), axis=-1)))
-        return [layer.keys_values(fused, positions) for layer in self.layers]
+        keys, values = zip(*(layer.keys_values(fused, positions) for layer in self.layers))
+        return jnp.stack(keys), jnp.stack(values)
 
-    def __call__(self, block_embeddings: jax.Array, block_positions: jax.Array,
-                 context: list[tuple[jax.Array, jax.Array]], context_visible: jax.Array) -> jax.Array:
+    def __call__(self, block_embeddings: jax.Array, block_positions: jax.Array, context_k: jax.Array,
+                 context_v: jax.Array, context_visible: jax.Array) -> jax.Array:
         """Final-normed hidden states [B, N, γ, E] of N blocks per row (logits = target head applied to them).
 
         block_embeddings: [B, N, γ, E] (target embedding of anchor + mask tokens); block_positions: int32[B, N, γ];
-        context: from `context`; context_visible: bool[B, N, S], True where the block may see a context slot.
+        context_k/v: [L, B, S, KVH, D] (`context`, or a cache of it); context_visible: bool[B, N, S], True where
+        the block may see a context slot.
         """
         x = block_embeddings
-        for layer, (k, v) in zip(self.layers, context):
-            x = layer(x, block_positions, k, v, context_visible)
+        for index, layer in enumerate(self.layers):
+            x = layer(x, block_positions, context_k[index], context_v[index], context_visible)
         return self.final_norm(x)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from dspark_jax.kernels.linear import Weight, linear, take_rows
+from dspark_jax.kernels.soft_cap import soft_cap
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.params import TransformerParams
 
@@ -75,10 +76,7 @@ class DraftHead:
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32[..., Vd] from final-normed hidden states [..., E] (the target's head, same soft-capping)."""
-        out = linear(hidden, self.weight, preferred_element_type=jnp.float32)
-        if self.final_logit_softcap is not None:
-            out = jnp.tanh(out / self.final_logit_softcap) * self.final_logit_softcap
-        return out
+        return soft_cap(linear(hidden, self.weight, preferred_element_type=jnp.float32), self.final_logit_softcap)
 
     def to_target(self, draft_ids: jax.Array) -> jax.Array:
         return jnp.take(self.draft_to_target, draft_ids, axis=0)

@@ -20,7 +20,9 @@ import numpy as np
 from flax import nnx
 
 from dspark_jax.models.draft_vocab import vocab_map
+from dspark_jax.models.drafter_attention import grouped_attention
 from dspark_jax.models.drafter_config import DrafterConfig
+from dspark_jax.models.rms_norm import RMSNorm
 from dspark_jax.models.transformer import apply_rope
 
 
@@ -45,7 +47,7 @@ class Eagle3Drafter(nnx.Module):
         e, h, kv, d, f = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
                           config.intermediate_size)
         linear = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=config.dtype, rngs=rngs)
-        norm = lambda: nnx.RMSNorm(e, epsilon=config.rms_norm_eps, dtype=config.dtype, rngs=rngs)
+        norm = lambda: RMSNorm(e, eps=config.rms_norm_eps, dtype=config.dtype)
         self.config = config
         self.vocab = vocab_map(vocab)
         self.fuse = linear(len(config.target_layers) * e, e)
@@ -93,16 +95,8 @@ class Eagle3Drafter(nnx.Module):
         k, v = self._entry(x, positions)
         chain_k = jnp.concatenate([chain_k, k[:, :, None].astype(chain_k.dtype)], axis=2)
         chain_v = jnp.concatenate([chain_v, v[:, :, None].astype(chain_v.dtype)], axis=2)
-        groups = c.num_heads // c.num_kv_heads
-        q = q.reshape(b, n, c.num_kv_heads, groups, c.head_dim)
-        scale = c.head_dim**-0.5
-        ctx_scores = jnp.einsum("bnkgd,bskd->bnkgs", q, context_k, preferred_element_type=jnp.float32) * scale
-        ctx_scores = jnp.where(context_visible[:, :, None, None, :], ctx_scores, -jnp.inf)
-        chain_scores = jnp.einsum("bnkgd,bnjkd->bnkgj", q, chain_k, preferred_element_type=jnp.float32) * scale
-        probs = jax.nn.softmax(jnp.concatenate([ctx_scores, chain_scores], axis=-1), axis=-1).astype(x.dtype)
-        size = context_k.shape[1]
-        attn = (jnp.einsum("bnkgs,bskd->bnkgd", probs[..., :size], context_v)
-                + jnp.einsum("bnkgj,bnjkd->bnkgd", probs[..., size:], chain_v))
+        attn = grouped_attention(q[:, :, None], context_k, context_v, context_visible, chain_k, chain_v,
+                                 scale=c.head_dim**-0.5)[:, :, 0]  # one query per chain: the context and the chain
         h = hidden + self.o(attn.reshape(b, n, -1))
         m = self.mlp_norm(h)
         return h + self.down(jax.nn.silu(self.gate(m)) * self.up(m)), chain_k, chain_v

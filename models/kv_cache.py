@@ -1,4 +1,5 @@
-"""Fixed-size key/value cache returned (never mutated) by the forward pass.
+"""Fixed-size key/value cache returned (never mutated) by the forward pass, and the drafters' caches of
+their own keys/values over committed positions (the same slots, written with `write`).
 
 Every row owns `size` slots. A slot remembers the position of the token whose key/value it holds, so the
 attention mask is derived from positions rather than slot order: plain decoding writes token p into slot p,
@@ -28,12 +29,21 @@ class KVCache:
 
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, size: int, dtype=jnp.float32) -> KVCache:
-        shape = (config.num_layers, batch, size, config.num_kv_heads, config.head_dim)
-        return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
-            positions=jnp.full((batch, size), EMPTY_POSITION, jnp.int32),
-        )
+        return cls.zeros(config.num_layers, batch, size, config.num_kv_heads, config.head_dim, dtype)
+
+    @classmethod
+    def zeros(cls, layers: int, batch: int, size: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
+        shape = (layers, batch, size, kv_heads, head_dim)
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   positions=jnp.full((batch, size), EMPTY_POSITION, jnp.int32))
+
+    def write(self, k: jax.Array, v: jax.Array, positions: jax.Array, slots: jax.Array) -> KVCache:
+        """The cache with k, v: [L, B, T, KVH, D] of the tokens at positions int32[B, T] written into slots
+        int32[B, T] of every layer; a slot >= size is dropped (how callers skip padding)."""
+        rows = jnp.arange(slots.shape[0])[:, None]
+        put = lambda table, new: table.at[:, rows, slots].set(new.astype(table.dtype), mode="drop")
+        return KVCache(k=put(self.k, k), v=put(self.v, v),
+                       positions=self.positions.at[rows, slots].set(positions, mode="drop"))
 
     @property
     def size(self) -> int:

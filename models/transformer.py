@@ -14,9 +14,11 @@ import jax.numpy as jnp
 
 from dspark_jax.kernels.attention import attention
 from dspark_jax.kernels.linear import linear, lookup
+from dspark_jax.kernels.soft_cap import soft_cap
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.kv_cache import KVCache, causal_mask
 from dspark_jax.models.params import LayerParams, TransformerParams
+from dspark_jax.models.rms_norm import rms_norm
 
 
 @jax.tree_util.register_dataclass
@@ -25,13 +27,6 @@ class ForwardOutput:
     hidden: jax.Array  # [B, T, E]: final-normed hidden state (logits = hidden @ head.T)
     captured: jax.Array  # [K, B, T, E]: outputs of the decoder layers named in `capture_layers`
     cache: KVCache
-
-
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """x * rsqrt(mean(x²) + eps) * weight, computed in float32 (weight is the effective multiplier)."""
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (normed * weight.astype(jnp.float32)).astype(x.dtype)
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
@@ -163,7 +158,4 @@ def embed(params: TransformerParams, tokens: jax.Array, *, config: ModelConfig) 
 
 def logits(params: TransformerParams, hidden: jax.Array, *, config: ModelConfig) -> jax.Array:
     """float32[..., V] from final-normed hidden states [..., E]."""
-    out = linear(hidden, params.head, preferred_element_type=jnp.float32)
-    if config.final_logit_softcap is not None:
-        out = jnp.tanh(out / config.final_logit_softcap) * config.final_logit_softcap
-    return out
+    return soft_cap(linear(hidden, params.head, preferred_element_type=jnp.float32), config.final_logit_softcap)

@@ -26,7 +26,7 @@ def run_backbone(model, features, block, anchors):
     context = model.context(features, positions)
     block_positions = jnp.asarray(anchors)[None, :, None] + jnp.arange(CONFIG.block_size)
     visible = positions[:, None, :] < jnp.asarray(anchors)[None, :, None]
-    return model(block, block_positions, context, visible)
+    return model(block, block_positions, *context, visible)
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,24 @@ def test_teacher_forcing_uses_the_data_tokens(heads):
     bias, _ = heads.transition(previous)
     np.testing.assert_allclose(logits, base + bias, atol=1e-6)
     assert float(jnp.abs(bias).max()) > 0.1
+
+
+def test_grouped_attention_is_each_group_alone():
+    """Packing groups into one attention call equals attending each group to [its visible context ; its own keys]."""
+    from dspark_jax.kernels.attention_reference import attention
+    from dspark_jax.models.drafter_attention import grouped_attention
+
+    b, n, g, h, kv, d, s, j = 2, 3, 4, 4, 2, 8, 10, 5
+    keys = jax.random.split(jax.random.key(7), 6)
+    q = jax.random.normal(keys[0], (b, n, g, h, d))
+    context_k, context_v = (jax.random.normal(k, (b, s, kv, d)) for k in keys[1:3])
+    own_k, own_v = (jax.random.normal(k, (b, n, j, kv, d)) for k in keys[3:5])
+    visible = jax.random.bernoulli(keys[5], 0.6, (b, n, s))
+    packed = grouped_attention(q, context_k, context_v, visible, own_k, own_v, scale=0.3)
+    for row in range(b):
+        for group in range(n):
+            k_all = jnp.concatenate([context_k[row], own_k[row, group]])[None]
+            v_all = jnp.concatenate([context_v[row], own_v[row, group]])[None]
+            mask = jnp.broadcast_to(jnp.concatenate([visible[row, group], jnp.ones(j, bool)]), (1, g, s + j))
+            alone = attention(q[row, group][None], k_all, v_all, mask, scale=0.3)[0]
+            np.testing.assert_allclose(packed[row, group], alone, rtol=1e-5, atol=1e-6)

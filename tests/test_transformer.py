@@ -12,7 +12,8 @@ from tiny_models import FAMILIES, tiny_config
 from dspark_jax.models.hf_loader import load_hf_checkpoint
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import init_params
-from dspark_jax.models.transformer import forward, logits, rms_norm
+from dspark_jax.models.rms_norm import rms_norm
+from dspark_jax.models.transformer import forward, logits
 
 TINY_DATA = Path(__file__).parent / "data" / "tiny"
 

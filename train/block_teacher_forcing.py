@@ -22,9 +22,9 @@ from dspark_jax.train.blocks import Blocks, masked_inputs
 def _backbone_hidden(model: DFlashDrafter, target: ModelConfig, params: TransformerParams, tokens: jax.Array,
                      features: jax.Array, blocks: Blocks) -> jax.Array:
     batch, length = tokens.shape
-    context = model.backbone.context(features, jnp.broadcast_to(jnp.arange(length), (batch, length)))
+    context_k, context_v = model.backbone.context(features, jnp.broadcast_to(jnp.arange(length), (batch, length)))
     inputs = embed(params, masked_inputs(blocks, model.config.mask_token_id), config=target)
-    return model.backbone(inputs, blocks.positions, context, blocks.context_visible)  # [B, N, γ, E]
+    return model.backbone(inputs, blocks.positions, context_k, context_v, blocks.context_visible)  # [B, N, γ, E]
 
 
 def dflash_teacher_forced(model: DFlashDrafter, target: ModelConfig, params: TransformerParams, tokens: jax.Array,

@@ -22,7 +22,7 @@ from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.dflash import DFlashConfig, DFlashDrafter
 from dspark_jax.models.draft_vocab import DraftHead
 from dspark_jax.models.dspark import DSparkDrafter, DSparkHeads
-from dspark_jax.models.kv_cache import EMPTY_POSITION
+from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import embed
 from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified
@@ -39,14 +39,6 @@ class BlockDrafterParams:
     head: DraftHead  # the target's head over the draft vocabulary
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class ContextCache:
-    keys: list[jax.Array]  # per draft layer [B, S, KVH, D]
-    values: list[jax.Array]
-    positions: jax.Array  # int32[B, S], EMPTY_POSITION where free
-
-
 @dataclasses.dataclass(frozen=True)
 class BlockDrafterProposer:
     target: ModelConfig
@@ -61,22 +53,22 @@ class BlockDrafterProposer:
     def _context(self, params: BlockDrafterParams, features: jax.Array, positions: jax.Array):
         return nnx.merge(self.backbone_def, params.backbone).context(features, positions)
 
-    def init(self, params: BlockDrafterParams, prefilled: Prefilled, cache_size: int) -> ContextCache:
+    def init(self, params: BlockDrafterParams, prefilled: Prefilled, cache_size: int) -> KVCache:
+        """The context cache: per draft layer, keys/values of the fused target context at every committed
+        position, in the target's slot layout."""
         batch, width = prefilled.prompt.shape
         positions, slots = prompt_slots(prefilled.prompt_lengths, width, cache_size)
-        kv = self._context(params, prefilled.features, positions)
+        k, v = self._context(params, prefilled.features, positions)
         c = self.drafter
-        empty = jnp.zeros((batch, cache_size, c.num_kv_heads, c.head_dim), kv[0][0].dtype)
-        cache = ContextCache(keys=[empty] * c.num_layers, values=[empty] * c.num_layers,
-                             positions=jnp.full((batch, cache_size), EMPTY_POSITION, jnp.int32))
-        return _write(cache, kv, positions, slots)
+        cache = KVCache.zeros(c.num_layers, batch, cache_size, c.num_kv_heads, c.head_dim, k.dtype)
+        return cache.write(k, v, positions, slots)
 
-    def update(self, params: BlockDrafterParams, cache: ContextCache, verified: Verified) -> ContextCache:
-        positions, slots = verified.committed_slots(cache.positions.shape[1])
-        return _write(cache, self._context(params, verified.features, positions), positions, slots)
+    def update(self, params: BlockDrafterParams, cache: KVCache, verified: Verified) -> KVCache:
+        positions, slots = verified.committed_slots(cache.size)
+        return cache.write(*self._context(params, verified.features, positions), positions, slots)
 
-    def propose(self, params: BlockDrafterParams, cache: ContextCache, context: DraftContext,
-                template: TreeTemplate, sampling: SamplingConfig, key: jax.Array) -> tuple[Draft, ContextCache]:
+    def propose(self, params: BlockDrafterParams, cache: KVCache, context: DraftContext,
+                template: TreeTemplate, sampling: SamplingConfig, key: jax.Array) -> tuple[Draft, KVCache]:
         if template.depth > self.drafter.block_size:
             raise ValueError(f"draft depth {template.depth} exceeds the drafter's block size {self.drafter.block_size}")
         depth, batch = template.depth, context.length.shape[0]
@@ -86,8 +78,7 @@ class BlockDrafterProposer:
         positions = anchor_position[:, None] + jnp.arange(depth, dtype=jnp.int32)[None, :]
         visible = cache.positions < anchor_position[:, None]
         backbone = nnx.merge(self.backbone_def, params.backbone)
-        hidden = backbone(embeddings[:, None], positions[:, None], list(zip(cache.keys, cache.values)),
-                          visible[:, None])[:, 0]
+        hidden = backbone(embeddings[:, None], positions[:, None], cache.k, cache.v, visible[:, None])[:, 0]
         head = params.head
         base_logits = head.logits(hidden)  # [B, γ, Vd]
         confidence = None
@@ -102,14 +93,6 @@ class BlockDrafterProposer:
                                                        sampling, key)
         q = None if q is None else head.probs_to_target(q)
         return Draft(tokens=head.to_target(tokens), main_probs=q, confidence=confidence), cache
-
-
-def _write(cache: ContextCache, kv: list[tuple[jax.Array, jax.Array]], positions: jax.Array,
-           slots: jax.Array) -> ContextCache:
-    rows = jnp.arange(slots.shape[0])[:, None]
-    keys = [k_all.at[rows, slots].set(k.astype(k_all.dtype), mode="drop") for k_all, (k, _) in zip(cache.keys, kv)]
-    values = [v_all.at[rows, slots].set(v.astype(v_all.dtype), mode="drop") for v_all, (_, v) in zip(cache.values, kv)]
-    return ContextCache(keys=keys, values=values, positions=cache.positions.at[rows, slots].set(positions, mode="drop"))
 
 
 def make_dflash_proposer(target: ModelConfig, model: DFlashDrafter, target_params: TransformerParams):

@@ -20,7 +20,7 @@ from dspark_jax.generate import prompt_slots
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.draft_vocab import DraftHead
 from dspark_jax.models.eagle3 import Eagle3Drafter, following_tokens
-from dspark_jax.models.kv_cache import EMPTY_POSITION
+from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import embed
 from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified
@@ -39,9 +39,7 @@ class Eagle3Params:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class Eagle3State:
-    keys: jax.Array  # [B, S, KVH, D]
-    values: jax.Array
-    positions: jax.Array  # int32[B, S], EMPTY_POSITION where free
+    cache: KVCache  # the drafter's entries of committed positions (one layer)
     pending: jax.Array  # [B, E]: fused feature of position anchor - 1, whose entry waits for the anchor
 
 
@@ -65,24 +63,22 @@ class Eagle3Proposer:
         k, v = drafter.keys_values(embed(params.target, following_tokens(prefilled.prompt), config=self.target), g,
                                    positions)
         c = drafter.config
-        state = Eagle3State(keys=jnp.zeros((batch, cache_size, c.num_kv_heads, c.head_dim), k.dtype),
-                            values=jnp.zeros((batch, cache_size, c.num_kv_heads, c.head_dim), v.dtype),
-                            positions=jnp.full((batch, cache_size), EMPTY_POSITION, jnp.int32),
-                            pending=jnp.take_along_axis(g, last[:, None, None], axis=1)[:, 0])
-        return _write(state, k, v, positions, slots)
+        cache = KVCache.zeros(1, batch, cache_size, c.num_kv_heads, c.head_dim, k.dtype)
+        return Eagle3State(cache=cache.write(k[None], v[None], positions, slots),
+                           pending=jnp.take_along_axis(g, last[:, None, None], axis=1)[:, 0])
 
     def update(self, params: Eagle3Params, state: Eagle3State, verified: Verified) -> Eagle3State:
         drafter = nnx.merge(self.drafter_def, params.drafter)
         g = drafter.fuse_features(verified.features)  # [B, D + 1, E] along anchor + accepted tokens
-        positions, _ = verified.committed_slots(state.positions.shape[1])
+        positions, _ = verified.committed_slots(state.cache.size)
         k, v = drafter.keys_values(embed(params.target, following_tokens(verified.tokens), config=self.target), g,
                                    positions)
         offsets = jnp.arange(positions.shape[1])[None, :]
         live = ~verified.done[:, None]
-        slots = jnp.where((offsets < verified.num_accepted[:, None]) & live, positions, state.positions.shape[1])
+        slots = jnp.where((offsets < verified.num_accepted[:, None]) & live, positions, state.cache.size)
         newest = jnp.take_along_axis(g, verified.num_accepted[:, None, None], axis=1)[:, 0]
-        state = dataclasses.replace(state, pending=jnp.where(live, newest, state.pending))
-        return _write(state, k, v, positions, slots)
+        return Eagle3State(cache=state.cache.write(k[None], v[None], positions, slots),
+                           pending=jnp.where(live, newest, state.pending))
 
     def propose(self, params: Eagle3Params, state: Eagle3State, context: DraftContext, template: TreeTemplate,
                 sampling: SamplingConfig, key: jax.Array) -> tuple[Draft, Eagle3State]:
@@ -91,18 +87,19 @@ class Eagle3Proposer:
         c = drafter.config
         batch = context.length.shape[0]
         step0_position = context.anchor_position - 1
-        visible = (state.positions < step0_position[:, None])[:, None]  # [B, 1, S]
-        chain_k = jnp.zeros((batch, 1, 0, c.num_kv_heads, c.head_dim), state.keys.dtype)
+        visible = (state.cache.positions < step0_position[:, None])[:, None]  # [B, 1, S]
+        chain_k = jnp.zeros((batch, 1, 0, c.num_kv_heads, c.head_dim), state.cache.k.dtype)
         chain_v = chain_k
         hidden, token = state.pending[:, None], context.anchor
         columns, main_probs = [], []
         for k, step_key in enumerate(jax.random.split(key, template.depth)):
             token_embeddings = embed(params.target, token[:, None], config=self.target)
-            hidden, chain_k, chain_v = drafter(token_embeddings, hidden, (step0_position + k)[:, None], state.keys,
-                                               state.values, visible, chain_k, chain_v)
+            hidden, chain_k, chain_v = drafter(token_embeddings, hidden, (step0_position + k)[:, None],
+                                               state.cache.k[0], state.cache.v[0], visible, chain_k, chain_v)
             if k == 0:  # the anchor's entry is committed context from now on
-                state = _write(state, chain_k[:, :, 0], chain_v[:, :, 0], step0_position[:, None],
-                               step0_position[:, None])
+                cache = state.cache.write(chain_k[None, :, :, 0], chain_v[None, :, :, 0], step0_position[:, None],
+                                          step0_position[:, None])
+                state = dataclasses.replace(state, cache=cache)
             candidates, q = expand_candidates(head.logits(drafter.normed(hidden[:, 0])), template.width, sampling,
                                               step_key)
             candidates = head.to_target(candidates)
@@ -111,16 +108,6 @@ class Eagle3Proposer:
             token = candidates[:, 0]
         q = None if sampling.greedy else head.probs_to_target(jnp.stack(main_probs, axis=1))
         return Draft(tokens=jnp.stack(columns, axis=1), main_probs=q), state
-
-
-def _write(state: Eagle3State, k: jax.Array, v: jax.Array, positions: jax.Array, slots: jax.Array) -> Eagle3State:
-    rows = jnp.arange(slots.shape[0])[:, None]
-    return dataclasses.replace(
-        state,
-        keys=state.keys.at[rows, slots].set(k.astype(state.keys.dtype), mode="drop"),
-        values=state.values.at[rows, slots].set(v.astype(state.values.dtype), mode="drop"),
-        positions=state.positions.at[rows, slots].set(positions, mode="drop"),
-    )
 
 
 def make_eagle3_proposer(target: ModelConfig, model: Eagle3Drafter, target_params: TransformerParams):
