@@ -17,35 +17,14 @@ import sys
 
 import numpy as np
 
+from dspark_jax.command_names import HELD_OUT
 from dspark_jax.drafter_choice import resolve_drafter
-from dspark_jax.eval_commands import comma_list
 from dspark_jax.evaluation import EvalConfig, Evaluator, Task, load_tasks
 from dspark_jax.models.drafter_calibration import CALIBRATION_FILE
 from dspark_jax.sampling import SamplingConfig
-from dspark_jax.target import DEFAULT_TARGET, add_weights_argument, describe_target, load_target, resolve_weights
+from dspark_jax.target import describe_target, load_target, resolve_weights
 from dspark_jax.temperature_scaling import fit_sequential_temperatures, survival_ece
 from dspark_jax.train.sharegpt import first_turns, split
-
-HELD_OUT = "sharegpt"
-
-
-def add_commands(sub: argparse._SubParsersAction) -> dict:
-    p = sub.add_parser("calibrate", help="fit the STS temperatures a DSpark drafter's scheduler uses")
-    p.add_argument("--drafter", default="dspark",
-                   help="dspark (the shipped one) or an exported DSpark drafter directory")
-    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
-    add_weights_argument(p)
-    p.add_argument("--prompts", default=HELD_OUT,
-                   help=f"{HELD_OUT} (ShareGPT's held-out split) or a JSONL file of {{\"turns\": [...]}}")
-    p.add_argument("--limit", type=int, default=32, help="prompts to decode")
-    p.add_argument("--max-prompt-tokens", type=int, default=256, help="skip longer prompts (chat-formatted)")
-    p.add_argument("--temperatures", type=comma_list(float), default=(0.0, 1.0),
-                   help="decoding temperatures to fit, comma-separated; a scheduled run uses its own one's fit")
-    p.add_argument("--gamma", type=int, default=None, help="draft depth to fit (default: the drafter's block size)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens decoded per held-out prompt")
-    p.add_argument("--batch-size", type=int, default=4, help="prompts decoded at once")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    return {"calibrate": calibrate_command}
 
 
 def _prompts(source: str) -> tuple[str, ...]:

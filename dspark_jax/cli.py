@@ -1,22 +1,57 @@
-"""`dspark-jax` command line (also `python -m dspark_jax`)."""
+"""`dspark-jax` command line (also `python -m dspark_jax`): every command and its flags.
+
+The parsers import nothing heavy (`command_names.py` holds the names they share with deeper layers), so
+`--help` answers at once; a command's module, and JAX with it, loads only when the command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-import time
 from pathlib import Path
 
-import jax.numpy as jnp
+from dspark_jax.command_names import (
+    DEFAULT_TARGET,
+    DTYPE_NAMES,
+    HELD_OUT,
+    RUN_FILE,
+    SCHEDULES,
+    STOPPED_EXIT_CODE,
+    WEIGHTS,
+    WEIGHTS_HELP,
+)
+from dspark_jax.eval_data import TASKS
 
-from dspark_jax import calibrate_command, eval_commands, speculative, train_commands
-from dspark_jax.drafter_choice import SCHEDULES, resolve_drafter, tree_argument
-from dspark_jax.generate import GenerationConfig, generate_stream, pad_prompts
-from dspark_jax.models.sharding import make_mesh
-from dspark_jax.sampling import SamplingConfig
-from dspark_jax.target import DEFAULT_TARGET, add_weights_argument, describe_target, load_target, resolve_weights
+# command -> "module:function" that runs it
+COMMANDS = {
+    "generate": "dspark_jax.generate_command:generate_command",
+    "prepare-data": "dspark_jax.train_commands:prepare_data",
+    "prepare-cache": "dspark_jax.train_commands:prepare_cache",
+    "train": "dspark_jax.train_commands:train",
+    "eval": "dspark_jax.eval_commands:evaluate_command",
+    "bench": "dspark_jax.eval_commands:bench_command",
+    "calibrate": "dspark_jax.calibrate_command:calibrate_command",
+}
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+def tree_argument(text: str):
+    """argparse type of --tree: TreeTemplate.parse, its message shown as written (argparse hides a ValueError's)."""
+    from dspark_jax.tree import TreeTemplate  # at parse time, not for --help
+
+    try:
+        return TreeTemplate.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def comma_list(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(x) for x in text.split(",") if x)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+    return parse
 
 
 def _mesh_shape(text: str) -> tuple[int, int]:
@@ -63,10 +98,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute and cache dtype of the target")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="compute and cache dtype of the target")
     p.add_argument("--mesh", type=_mesh_shape, default=None,
                    help="DATAxMODEL device mesh to shard over, e.g. 1x8 (default: one device)")
-    add_weights_argument(p)
+    p.add_argument("--weights", choices=WEIGHTS, default="auto", help=WEIGHTS_HELP)
     p.add_argument("--drafter", default="default",
                    help="speculative drafter: default (for the default target the fastest measured: dspark+ngram "
                         "when greedy, none when sampling, dspark under --schedule hardware; for other targets "
@@ -83,63 +118,127 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                         "scheduler picks from the drafter's confidences and step costs profiled at start")
 
 
-def _generate(args: argparse.Namespace) -> None:
-    # Everything that can be wrong with the request is checked before weights are loaded or code compiled.
-    if not args.prompt:
-        raise ValueError("nothing to generate from: pass --prompt TEXT or --prompt-file PATH (- for stdin)")
-    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
-    spec = describe_target(args.target)
-    generation = GenerationConfig(args.max_new_tokens, sampling, spec.tokenizer.eos_ids)
-    texts = [spec.tokenizer.chat_prompt(p) if args.chat else p for p in args.prompt]
-    prompts = [spec.tokenizer.encode(t) for t in texts]
-    choice = resolve_drafter(args.drafter, spec, args.gamma, args.tree, DTYPES[args.dtype], args.temperature,
-                             args.schedule)
-    if choice is None and args.schedule != "full":
-        raise ValueError("--schedule hardware needs a drafter with a confidence head: --drafter dspark")
-    if choice is not None:
-        choice = choice.with_schedule(args.schedule)
-        if note := choice.calibration_note(args.temperature):
-            print(note, file=sys.stderr)
-    pad_prompts(spec.config, prompts, generation, reserve=choice.template.num_nodes if choice else 0)
-    mesh = make_mesh(*args.mesh) if args.mesh else None
-    step_tokens = len(prompts) * (choice.template.num_nodes if choice else 1)
-    weights = resolve_weights(args.weights, spec, DTYPES[args.dtype], mesh, step_tokens)  # fails before loading
-
-    target = load_target(spec, dtype=DTYPES[args.dtype], mesh=mesh, weights=weights)
-    if choice is not None:
-        _speculate(args, target, prompts, generation, choice.method(target))
-        return
-    start, printed, rows = time.perf_counter(), "", []
-    for rows in generate_stream(target.params, target.config, prompts, generation, seed=args.seed):
-        if len(prompts) == 1:
-            text = target.tokenizer.decode(rows[0])
-            sys.stdout.write(text[len(printed):])
-            sys.stdout.flush()
-            printed = text
-    seconds = time.perf_counter() - start
-    if len(prompts) > 1:
-        for i, row in enumerate(rows):
-            print(f"--- [{i}] {args.prompt[i]!r}\n{target.tokenizer.decode(row)}")
-    else:
-        print()
-    total = sum(len(r) for r in rows)
-    print(f"[{total} tokens in {seconds:.2f}s, {total / seconds:.1f} tok/s including compilation]", file=sys.stderr)
+MAX_SEQUENCES_HELP = "use only the first N prepared sequences (default: all), e.g. to keep a run's data fixed"
 
 
-def _speculate(args, target, prompts, generation, method: speculative.SpeculativeMethod) -> None:
-    result = speculative.speculative_generate(target.params, target.config, prompts, generation, method,
-                                              seed=args.seed, split_timing=True)
-    for i, row in enumerate(result.tokens):
-        if len(prompts) > 1:
-            print(f"--- [{i}] {args.prompt[i]!r}")
-        print(target.tokenizer.decode(row))
-    s = result.stats
-    total = sum(len(r) for r in result.tokens)
-    rates = " ".join(f"{r:.2f}" for r in s.accept_rate_by_position)
-    verified = f", {s.mean_verified_depth:.2f} draft tokens verified per step" if method.scheduled else ""
-    print(f"[{total} tokens, {s.target_steps} target steps, tau {s.tau:.2f}{verified}, accept rate by position "
-          f"{rates}; prefill {s.prefill_seconds:.2f}s, decode {s.decode_seconds:.2f}s including compilation]",
-          file=sys.stderr)
+def _add_training(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare-data", help="ShareGPT prompts answered by the target (training sequences)")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
+    p.add_argument("--out", type=Path, required=True, help="output directory (resumed when it exists)")
+    p.add_argument("--num-prompts", type=int, default=512,
+                   help="ShareGPT prompts to answer (a larger count extends an existing directory)")
+    p.add_argument("--max-prompt-tokens", type=int, default=256, help="prompt tokens kept, chat template included")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="response tokens per prompt")
+    p.add_argument("--temperature", type=float, default=0.7, help="the target's sampling temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=0.8, help="1 = off")
+    p.add_argument("--top-k", type=int, default=20, help="0 = off")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded at once")
+    p.add_argument("--shard-size", type=int, default=64, help="conversations per shard file")
+
+    p = sub.add_parser("prepare-cache", help="write the target's features for prepared data (offline mode)")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
+    p.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
+    p.add_argument("--out", type=Path, required=True, help="output directory for the cache shards")
+    p.add_argument("--length", type=int, default=512, help="tokens per sequence (cut or padded)")
+    p.add_argument("--num-features", type=int, default=5, help="target layers fused by the drafter (K)")
+    p.add_argument("--shard-size", type=int, default=64, help="conversations per shard file")
+    p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
+
+    p = sub.add_parser("train", help="train a DSpark, DFlash or EAGLE-3 drafter for the target",
+                       epilog=f"Resumes from OUT/checkpoints when started again with the same drafter settings "
+                              f"(OUT/{RUN_FILE} records them). On SIGTERM it saves, exports the drafter it has and "
+                              f"exits with status {STOPPED_EXIT_CODE}; a finished run exits 0.")
+    p.add_argument("--drafter", required=True, metavar="KIND",
+                   help="the kind of drafter to train: dspark, dflash, eagle3 or another registered kind "
+                        "(dspark_jax/drafter_kinds.py)")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
+    p.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
+    p.add_argument("--cache", type=Path, default=None, help="directory written by prepare-cache (else online)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run directory: checkpoints, metrics.jsonl, the exported drafter (resumed when it exists)")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
+    p.add_argument("--length", type=int, default=512, help="tokens per sequence (cut or padded)")
+    p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
+    p.add_argument("--block-size", type=int, default=7,
+                   help="draft depth γ: the block size (EAGLE-3: its drafting steps, unrolled in training)")
+    p.add_argument("--layers", type=int, default=None, help="drafter layers, block drafters only (default 1)")
+    p.add_argument("--num-features", type=int, default=None,
+                   help="target layers fused by the drafter (K); default 5 for DSpark/DFlash, 3 for EAGLE-3")
+    p.add_argument("--rank", type=int, default=None, help="DSpark's Markov head rank (default 256)")
+    p.add_argument("--draft-vocab", type=int, default=32768,
+                   help="draft over the N most frequent response tokens (0: the target's whole vocabulary)")
+    p.add_argument("--learning-rate", type=float, default=6e-4)
+    p.add_argument("--anchors", type=int, default=8,
+                   help="random block anchors per sequence and step (DeepSpec: 512; cost grows with it)")
+    for part in ("ce", "tv", "confidence"):
+        p.add_argument(f"--{part}-weight", type=float, default=None,
+                       help=f"DSpark only: weight of its {part} loss term (default: DeepSpec's, in "
+                            "train/dspark_loss.py)")
+    p.add_argument("--bf16", action="store_true", help="compute the drafter in bfloat16 (weights stay float32)")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
+                   help="weights of the exported drafter (float16 halves the file; loading casts back)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and anchor-sampling seed")
+
+
+def _add_evaluation(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="tau, accept rates, speedup, calibration and losslessness per task")
+    _evaluation_common(p)
+    p.add_argument("--tasks", type=comma_list(str), default=TASKS,
+                   help=f"comma-separated shipped tasks ({','.join(TASKS)}) or JSONL files of {{\"turns\": [...]}}")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens decoded per prompt")
+    p.add_argument("--limit", type=int, default=None, help="first N prompts of each task")
+    p.add_argument("--batch-size", type=int, default=1, help="prompts decoded at once")
+    p.add_argument("--output", type=Path, default=Path("eval-results"),
+                   help="directory for results.json, results.md and the plots")
+
+    p = sub.add_parser("bench", help="tokens/s of autoregressive decoding vs each drafter, batch x temperature")
+    _evaluation_common(p)
+    p.add_argument("--task", default="mt-bench", help="prompts to decode (shipped task or JSONL file)")
+    p.add_argument("--batch-sizes", type=comma_list(int), default=(1, 4, 8),
+                   help="comma-separated batch sizes (batch b decodes the task's first b prompts)")
+    p.add_argument("--temperatures", type=comma_list(float), default=(0.0, 1.0),
+                   help="comma-separated decoding temperatures")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens decoded per prompt")
+    p.add_argument("--output", type=Path, default=None, help="also write the rows as JSON here")
+
+
+def _evaluation_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--drafter", type=comma_list(str), default=("default",),
+                   help="comma-separated drafters: default (generate's greedy default, dspark+ngram for the "
+                        "default target), dspark, dflash, eagle3 (shipped), ngram, model:PATH or exported drafter "
+                        "directories, each optionally + '+ngram'")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
+    p.add_argument("--weights", choices=WEIGHTS, default="auto", help=WEIGHTS_HELP)
+    p.add_argument("--gamma", type=int, default=None,
+                   help="draft tokens per step, chain (default: the drafter's block size, else 7)")
+    p.add_argument("--tree", type=tree_argument, default=None, help="draft tree WIDTHxDEPTH, e.g. 3x4")
+    p.add_argument("--schedule", type=comma_list(str), default=("full",),
+                   help="comma-separated: full (verify the whole draft) and/or hardware (DSpark's hardware-aware "
+                        "prefix scheduler); a drafter with a confidence head runs once per schedule, others once")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="fit the STS temperatures a DSpark drafter's scheduler uses")
+    p.add_argument("--drafter", default="dspark",
+                   help="dspark (the shipped one) or an exported DSpark drafter directory")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
+    p.add_argument("--weights", choices=WEIGHTS, default="auto", help=WEIGHTS_HELP)
+    p.add_argument("--prompts", default=HELD_OUT,
+                   help=f"{HELD_OUT} (ShareGPT's held-out split) or a JSONL file of {{\"turns\": [...]}}")
+    p.add_argument("--limit", type=int, default=32, help="prompts to decode")
+    p.add_argument("--max-prompt-tokens", type=int, default=256, help="skip longer prompts (chat-formatted)")
+    p.add_argument("--temperatures", type=comma_list(float), default=(0.0, 1.0),
+                   help="decoding temperatures to fit, comma-separated; a scheduled run uses its own one's fit")
+    p.add_argument("--gamma", type=int, default=None, help="draft depth to fit (default: the drafter's block size)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens decoded per held-out prompt")
+    p.add_argument("--batch-size", type=int, default=4, help="prompts decoded at once")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):
@@ -156,19 +255,26 @@ class _HelpWithDefaults(argparse.HelpFormatter):
         return help_text
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="dspark-jax", description=__doc__)
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dspark-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_generate(sub)
-    commands = ({"generate": _generate} | train_commands.add_commands(sub) | eval_commands.add_commands(sub)
-                | calibrate_command.add_commands(sub))
+    for add in (_add_generate, _add_training, _add_evaluation, _add_calibrate):
+        add(sub)
+    assert set(sub.choices) == set(COMMANDS)
     for command in sub.choices.values():
         command.formatter_class = _HelpWithDefaults
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    command_line = parser()
+    args = command_line.parse_args(argv)
+    module, function = COMMANDS[args.command].split(":")
+    run = getattr(importlib.import_module(module), function)
     try:
-        commands[args.command](args)
+        run(args)
     except (ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"dspark-jax {args.command}: error: {error}\n")
+        command_line.exit(2, f"dspark-jax {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ row and step: `proposers/hybrid.py`). Everything is validated from metadata befo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from collections.abc import Callable
@@ -33,14 +32,6 @@ from dspark_jax.tree import TreeTemplate
 DEFAULT_DEPTH = 7
 HYBRID_SUFFIX = "+ngram"
 DEFAULT_GREEDY = "dspark" + HYBRID_SUFFIX  # what `default` drafts with at T = 0 (measured fastest)
-
-
-def tree_argument(text: str) -> TreeTemplate:
-    """argparse type of --tree: TreeTemplate.parse, its message shown as written (argparse hides a ValueError's)."""
-    try:
-        return TreeTemplate.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 @dataclasses.dataclass(frozen=True)

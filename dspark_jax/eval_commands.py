@@ -14,64 +14,12 @@ import sys
 from pathlib import Path
 
 from dspark_jax.atomic_file import write_atomically
-from dspark_jax.drafter_choice import resolve_drafter, tree_argument
-from dspark_jax.eval_data import TASKS
+from dspark_jax.drafter_choice import resolve_drafter
 from dspark_jax.eval_report import write_report
 from dspark_jax.evaluation import EvalConfig, Evaluator, benchmark, load_tasks
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.speculative import SpeculativeMethod
-from dspark_jax.target import DEFAULT_TARGET, add_weights_argument, describe_target, load_target, resolve_weights
-
-
-def comma_list(kind):
-    def parse(text: str):
-        try:
-            return tuple(kind(x) for x in text.split(",") if x)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
-    return parse
-
-
-def add_commands(sub: argparse._SubParsersAction) -> dict:
-    p = sub.add_parser("eval", help="tau, accept rates, speedup, calibration and losslessness per task")
-    _common(p)
-    p.add_argument("--tasks", type=comma_list(str), default=TASKS,
-                   help=f"comma-separated shipped tasks ({','.join(TASKS)}) or JSONL files of {{\"turns\": [...]}}")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens decoded per prompt")
-    p.add_argument("--limit", type=int, default=None, help="first N prompts of each task")
-    p.add_argument("--batch-size", type=int, default=1, help="prompts decoded at once")
-    p.add_argument("--output", type=Path, default=Path("eval-results"),
-                   help="directory for results.json, results.md and the plots")
-
-    p = sub.add_parser("bench", help="tokens/s of autoregressive decoding vs each drafter, batch x temperature")
-    _common(p)
-    p.add_argument("--task", default="mt-bench", help="prompts to decode (shipped task or JSONL file)")
-    p.add_argument("--batch-sizes", type=comma_list(int), default=(1, 4, 8),
-                   help="comma-separated batch sizes (batch b decodes the task's first b prompts)")
-    p.add_argument("--temperatures", type=comma_list(float), default=(0.0, 1.0),
-                   help="comma-separated decoding temperatures")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens decoded per prompt")
-    p.add_argument("--output", type=Path, default=None, help="also write the rows as JSON here")
-    return {"eval": evaluate_command, "bench": bench_command}
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--drafter", type=comma_list(str), default=("default",),
-                   help="comma-separated drafters: default (generate's greedy default, dspark+ngram for the "
-                        "default target), dspark, dflash, eagle3 (shipped), ngram, model:PATH or exported drafter "
-                        "directories, each optionally + '+ngram'")
-    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
-    add_weights_argument(p)
-    p.add_argument("--gamma", type=int, default=None,
-                   help="draft tokens per step, chain (default: the drafter's block size, else 7)")
-    p.add_argument("--tree", type=tree_argument, default=None, help="draft tree WIDTHxDEPTH, e.g. 3x4")
-    p.add_argument("--schedule", type=comma_list(str), default=("full",),
-                   help="comma-separated: full (verify the whole draft) and/or hardware (DSpark's hardware-aware "
-                        "prefix scheduler); a drafter with a confidence head runs once per schedule, others once")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+from dspark_jax.target import describe_target, load_target, resolve_weights
 
 
 def _methods(args: argparse.Namespace, spec, temperatures: tuple[float, ...]):

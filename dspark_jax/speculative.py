@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dspark_jax.acceptance import accept, accept_greedy
+from dspark_jax.command_names import SCHEDULES
 from dspark_jax.generate import GenerationConfig, pad_prompts, prefill_prompt, round_up
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.drafter_calibration import DrafterCalibration
@@ -31,8 +32,6 @@ from dspark_jax.proposers.base import DraftContext, Prefilled, Proposer, Verifie
 from dspark_jax.sampling import argmax, probabilities, sample
 from dspark_jax.scheduler import PrefixScheduler
 from dspark_jax.tree import TreeTemplate, verify_mask, verify_positions
-
-SCHEDULES = ("full", "hardware")  # verify the whole draft / the prefix DSpark's hardware-aware scheduler picks
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from dspark_jax.atomic_file import write_atomically
+from dspark_jax.command_names import DEFAULT_TARGET, GGUF_MAX_STEP_TOKENS, WEIGHTS
 from dspark_jax.kernels.cpu_kernels import unavailable_reason
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.gguf_loader import gguf_config, load_gguf
@@ -23,8 +24,6 @@ from dspark_jax.models.hf_loader import hf_config, load_hf_checkpoint
 from dspark_jax.models.params import TransformerParams, pack_float32
 from dspark_jax.models.sharding import ShardingRules, shard_params
 from dspark_jax.models.tokenizer import Tokenizer, check_compatible, load_tokenizer
-
-DEFAULT_TARGET = "default"
 
 
 def resolve_target(spec: str) -> Path:
@@ -79,30 +78,6 @@ def describe_target(spec: str = DEFAULT_TARGET) -> TargetSpec:
     return TargetSpec(path, config, tokenizer)
 
 
-# How a target's matrices are held and multiplied (docs/kernels.md, "CPU kernels"):
-#   gguf     GGUF blocks as stored (Q4_K, Q8_0, ...), multiplied by the C++ CPU kernels: the fastest decode
-#            step, and the model is exactly the file's (its blocks decode bit-exactly to the float32 path's)
-#   float32  dequantized float32 rows, multiplied by the CPU kernels
-#   xla      dequantized arrays in `dtype`, multiplied by XLA (GPU/TPU, meshes, training, bfloat16)
-#   auto     gguf for a float32 GGUF target on one CPU device where the kernels are built, unless a step
-#            processes more than GGUF_MAX_STEP_TOKENS tokens (batch x draft-tree nodes); xla otherwise
-WEIGHTS = ("auto", "gguf", "float32", "xla")
-# The fused kernels read the weights once per 16 tokens, so up to 16 tokens a step they are the faster form;
-# beyond, XLA's float32 GEMM (~300 GFLOP/s here, the kernels ~120) wins: Gemma 3 270M steps on the 2-core
-# development machine, gguf vs xla, 16 tokens 70 vs 94 ms, 32 tokens 149 vs 133 ms (docs/performance.md).
-GGUF_MAX_STEP_TOKENS = 16
-
-
-WEIGHTS_HELP = ("how the target's matrices are held: gguf (as the GGUF file stores them, multiplied by the "
-                "C++ CPU kernels; fastest on a CPU), float32 (dequantized rows, CPU kernels), xla (dequantized "
-                "arrays multiplied by XLA: GPUs, meshes, bfloat16), auto (default: gguf for a float32 GGUF target "
-                f"on one CPU where the kernels are built and no step runs more than {GGUF_MAX_STEP_TOKENS} tokens, "
-                "i.e. batch x draft tokens + batch; else xla)")
-
-
-def add_weights_argument(parser) -> None:
-    """The --weights flag of every command that decodes with the target."""
-    parser.add_argument("--weights", choices=WEIGHTS, default="auto", help=WEIGHTS_HELP)
 
 
 def resolve_weights(weights: str, spec: TargetSpec, dtype=jnp.float32, mesh: Mesh | None = None,

@@ -21,83 +21,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from dspark_jax.atomic_file import write_atomically
-from dspark_jax.drafter_kinds import KINDS, DrafterKind, kind_named, save_drafter
+from dspark_jax.command_names import DATA_FILE, RUN_FILE, STOPPED_EXIT_CODE
+from dspark_jax.drafter_kinds import DrafterKind, kind_named, save_drafter
 from dspark_jax.models.draft_vocab import most_frequent_tokens
 from dspark_jax.models.drafter_config import DrafterConfig, fused_layers
 from dspark_jax.sampling import SamplingConfig
-from dspark_jax.target import DEFAULT_TARGET, describe_target, load_target
+from dspark_jax.target import describe_target, load_target
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
 from dspark_jax.train.dspark_loss import DSparkLossWeights
 from dspark_jax.train.loop import RunConfig, cached_steps, online_steps, run_training
 from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
 from dspark_jax.train.sharegpt import first_turns, split
 from dspark_jax.train.target_cache import estimate_bytes, open_cache, write_cache
-
-RUN_FILE = "run.json"  # what a run directory trains, recorded at its first start
-DATA_FILE = "data.json"  # how a prepare-data directory's shards are written, recorded at its first start
-STOPPED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
-MAX_SEQUENCES_HELP = "use only the first N prepared sequences (default: all), e.g. to keep a run's data fixed"
-
-
-def add_commands(sub: argparse._SubParsersAction) -> dict:
-    p = sub.add_parser("prepare-data", help="ShareGPT prompts answered by the target (training sequences)")
-    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
-    p.add_argument("--out", type=Path, required=True, help="output directory (resumed when it exists)")
-    p.add_argument("--num-prompts", type=int, default=512,
-                   help="ShareGPT prompts to answer (a larger count extends an existing directory)")
-    p.add_argument("--max-prompt-tokens", type=int, default=256, help="prompt tokens kept, chat template included")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="response tokens per prompt")
-    p.add_argument("--temperature", type=float, default=0.7, help="the target's sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=0.8, help="1 = off")
-    p.add_argument("--top-k", type=int, default=20, help="0 = off")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded at once")
-    p.add_argument("--shard-size", type=int, default=64, help="conversations per shard file")
-
-    p = sub.add_parser("prepare-cache", help="write the target's features for prepared data (offline mode)")
-    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
-    p.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
-    p.add_argument("--out", type=Path, required=True, help="output directory for the cache shards")
-    p.add_argument("--length", type=int, default=512, help="tokens per sequence (cut or padded)")
-    p.add_argument("--num-features", type=int, default=5, help="target layers fused by the drafter (K)")
-    p.add_argument("--shard-size", type=int, default=64, help="conversations per shard file")
-    p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
-
-    p = sub.add_parser("train", help="train a DSpark, DFlash or EAGLE-3 drafter for the target",
-                       epilog=f"Resumes from OUT/checkpoints when started again with the same drafter settings "
-                              f"(OUT/{RUN_FILE} records them). On SIGTERM it saves, exports the drafter it has and "
-                              f"exits with status {STOPPED_EXIT_CODE}; a finished run exits 0.")
-    p.add_argument("--drafter", choices=tuple(KINDS), required=True, help="the kind of drafter to train")
-    p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
-    p.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
-    p.add_argument("--cache", type=Path, default=None, help="directory written by prepare-cache (else online)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="run directory: checkpoints, metrics.jsonl, the exported drafter (resumed when it exists)")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
-    p.add_argument("--length", type=int, default=512, help="tokens per sequence (cut or padded)")
-    p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
-    p.add_argument("--block-size", type=int, default=7,
-                   help="draft depth γ: the block size (EAGLE-3: its drafting steps, unrolled in training)")
-    p.add_argument("--layers", type=int, default=None, help="drafter layers, block drafters only (default 1)")
-    p.add_argument("--num-features", type=int, default=None,
-                   help="target layers fused by the drafter (K); default 5 for DSpark/DFlash, 3 for EAGLE-3")
-    p.add_argument("--rank", type=int, default=None, help="DSpark's Markov head rank (default 256)")
-    p.add_argument("--draft-vocab", type=int, default=32768,
-                   help="draft over the N most frequent response tokens (0: the target's whole vocabulary)")
-    p.add_argument("--learning-rate", type=float, default=6e-4)
-    p.add_argument("--anchors", type=int, default=8,
-                   help="random block anchors per sequence and step (DeepSpec: 512; cost grows with it)")
-    for part, default in (("ce", DSparkLossWeights.ce), ("tv", DSparkLossWeights.tv),
-                          ("confidence", DSparkLossWeights.conf)):
-        p.add_argument(f"--{part}-weight", type=float, default=None,
-                       help=f"DSpark only: weight of its {part} loss term (DeepSpec: {default:g})")
-    p.add_argument("--bf16", action="store_true", help="compute the drafter in bfloat16 (weights stay float32)")
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
-                   help="weights of the exported drafter (float16 halves the file; loading casts back)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation and anchor-sampling seed")
-    return {"prepare-data": prepare_data, "prepare-cache": prepare_cache, "train": train}
-
 
 # Training differentiates through the target's head (the drafters' logits), which the CPU kernels cannot,
 # and its features and data must not change with the machine's kernels: prepare-data, prepare-cache and

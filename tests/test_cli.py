@@ -3,13 +3,15 @@
 import io
 import json
 import shutil
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import TargetLoaded
 
-from dspark_jax import cli
+from dspark_jax import cli, generate_command
 from dspark_jax.models.tokenizer import load_tokenizer
 
 TINY = Path(__file__).parent / "data" / "tiny"
@@ -20,7 +22,7 @@ def no_loading(monkeypatch):
     """Any attempt to load weights (and so to compile) fails the test."""
     def refuse(*args, **kwargs):
         raise AssertionError("weights were loaded before the request was validated")
-    monkeypatch.setattr(cli, "load_target", refuse)
+    monkeypatch.setattr(generate_command, "load_target", refuse)
 
 
 def run_cli(args, capsys):
@@ -81,7 +83,7 @@ def test_prompts_from_files_and_stdin_keep_their_order(tmp_path, capsys, monkeyp
         seen.append(prompts)
         raise ValueError("stopped before loading")
 
-    monkeypatch.setattr(cli, "pad_prompts", stop_after_encoding)
+    monkeypatch.setattr(generate_command, "pad_prompts", stop_after_encoding)
     code, _ = run_cli(["--target", str(TINY / "llama"), "--prompt", "first", "--prompt-file", str(long_prompt),
                        "--prompt-file", "-"], capsys)
     assert code == 2
@@ -168,9 +170,30 @@ def test_exported_drafter_checks_its_target(tmp_path, capsys):
 
 
 def test_scheduling_an_uncalibrated_drafter_says_so(tmp_path, capsys, stop_at_load):
-    stop_at_load(cli)
+    stop_at_load(generate_command)
     export_tiny_drafter(tmp_path / "drafter")
     with pytest.raises(TargetLoaded):  # the note comes before the target loads
         cli.main(["generate", "--target", str(TINY / "llama"), "--prompt", "hi", "--schedule", "hardware",
                   "--drafter", str(tmp_path / "drafter")])
     assert "drafter+scheduler has no STS calibration for temperature 0" in capsys.readouterr().err
+
+
+def test_help_imports_no_jax():
+    """`--help` of every command answers without importing JAX (it used to take 4-26 s)."""
+    code = textwrap.dedent("""
+        import contextlib, io, sys
+        from dspark_jax import cli
+        for command in [[], *([name] for name in cli.COMMANDS)]:
+            with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
+                cli.main([*command, "--help"])
+        print(sorted(name for name in ("jax", "numpy", "flax") if name in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_train_names_an_unknown_kind(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--drafter", "medusa", "--data", "nowhere", "--out", "nowhere"])
+    assert exit_info.value.code == 2
+    assert "unknown drafter kind 'medusa'; kinds are dspark, dflash, eagle3" in capsys.readouterr().err

@@ -21,7 +21,7 @@ import pytest
 from test_gguf_loader import family_config, random_arrays, write_gguf
 from tiny_models import FAMILIES, tiny_config
 
-from dspark_jax import cli, speculative
+from dspark_jax import cli, generate_command, speculative
 from dspark_jax.generate import GenerationConfig, generate
 from dspark_jax.kernels import cpu_kernels
 from dspark_jax.kernels.linear import linear, lookup
@@ -193,7 +193,7 @@ def test_weights_choice_and_errors():
 @pytest.mark.parametrize("flags, problem", [(["--weights", "gguf", "--dtype", "bfloat16"], "bfloat16"),
                                             (["--weights", "float32", "--mesh", "1x2"], "mesh")])
 def test_cli_refuses_a_weight_form_before_loading(flags, problem, stop_at_load, capsys):
-    stop_at_load(cli)
+    stop_at_load(generate_command)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["generate", "--prompt", "hi", "--drafter", "none", *flags])
     assert exit_info.value.code == 2

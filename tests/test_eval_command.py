@@ -138,7 +138,9 @@ def test_calibrate_fits_what_eval_then_measures(drafter_copy, tmp_path, capsys):
     assert [int(r[0]) for r in rows] == [1, 2, 3]
     assert [float(r[3]) for r in rows] == pytest.approx(calibration.for_temperature(0).temperatures, rel=1e-2)
     raw, with_sts = [float(r[4]) for r in rows], [float(r[5]) for r in rows]
-    assert all(s <= r for s, r in zip(with_sts, raw))
+    # Only position 1 is guaranteed: T_1 = 1 is on the grid, so the fit cannot be worse there. Later positions
+    # are fitted on the calibrated prefix, which can leave a_k further from the labels than the raw product.
+    assert with_sts[0] <= raw[0]
 
     out = tmp_path / "report"
     cli.main(["eval", "--target", TINY, "--drafter", str(drafter_copy), "--tasks", str(prompts),

@@ -1,0 +1,79 @@
+"""`dspark-jax generate`: text from the target, plainly or speculatively with the drafter `--drafter` names.
+
+Everything that can be wrong with the request is checked before weights are loaded or code compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import jax.numpy as jnp
+
+from dspark_jax import speculative
+from dspark_jax.drafter_choice import resolve_drafter
+from dspark_jax.generate import GenerationConfig, generate_stream, pad_prompts
+from dspark_jax.models.sharding import make_mesh
+from dspark_jax.sampling import SamplingConfig
+from dspark_jax.target import describe_target, load_target, resolve_weights
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # the names of command_names.DTYPE_NAMES
+
+
+def generate_command(args: argparse.Namespace) -> None:
+    if not args.prompt:
+        raise ValueError("nothing to generate from: pass --prompt TEXT or --prompt-file PATH (- for stdin)")
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
+    spec = describe_target(args.target)
+    generation = GenerationConfig(args.max_new_tokens, sampling, spec.tokenizer.eos_ids)
+    texts = [spec.tokenizer.chat_prompt(p) if args.chat else p for p in args.prompt]
+    prompts = [spec.tokenizer.encode(t) for t in texts]
+    choice = resolve_drafter(args.drafter, spec, args.gamma, args.tree, DTYPES[args.dtype], args.temperature,
+                             args.schedule)
+    if choice is None and args.schedule != "full":
+        raise ValueError("--schedule hardware needs a drafter with a confidence head: --drafter dspark")
+    if choice is not None:
+        choice = choice.with_schedule(args.schedule)
+        if note := choice.calibration_note(args.temperature):
+            print(note, file=sys.stderr)
+    pad_prompts(spec.config, prompts, generation, reserve=choice.template.num_nodes if choice else 0)
+    mesh = make_mesh(*args.mesh) if args.mesh else None
+    step_tokens = len(prompts) * (choice.template.num_nodes if choice else 1)
+    weights = resolve_weights(args.weights, spec, DTYPES[args.dtype], mesh, step_tokens)  # fails before loading
+
+    target = load_target(spec, dtype=DTYPES[args.dtype], mesh=mesh, weights=weights)
+    if choice is not None:
+        _speculate(args, target, prompts, generation, choice.method(target))
+        return
+    start, printed, rows = time.perf_counter(), "", []
+    for rows in generate_stream(target.params, target.config, prompts, generation, seed=args.seed):
+        if len(prompts) == 1:
+            text = target.tokenizer.decode(rows[0])
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+    seconds = time.perf_counter() - start
+    if len(prompts) > 1:
+        for i, row in enumerate(rows):
+            print(f"--- [{i}] {args.prompt[i]!r}\n{target.tokenizer.decode(row)}")
+    else:
+        print()
+    total = sum(len(r) for r in rows)
+    print(f"[{total} tokens in {seconds:.2f}s, {total / seconds:.1f} tok/s including compilation]", file=sys.stderr)
+
+
+def _speculate(args, target, prompts, generation, method: speculative.SpeculativeMethod) -> None:
+    result = speculative.speculative_generate(target.params, target.config, prompts, generation, method,
+                                              seed=args.seed, split_timing=True)
+    for i, row in enumerate(result.tokens):
+        if len(prompts) > 1:
+            print(f"--- [{i}] {args.prompt[i]!r}")
+        print(target.tokenizer.decode(row))
+    s = result.stats
+    total = sum(len(r) for r in result.tokens)
+    rates = " ".join(f"{r:.2f}" for r in s.accept_rate_by_position)
+    verified = f", {s.mean_verified_depth:.2f} draft tokens verified per step" if method.scheduled else ""
+    print(f"[{total} tokens, {s.target_steps} target steps, tau {s.tau:.2f}{verified}, accept rate by position "
+          f"{rates}; prefill {s.prefill_seconds:.2f}s, decode {s.decode_seconds:.2f}s including compilation]",
+          file=sys.stderr)
