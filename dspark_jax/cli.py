@@ -90,6 +90,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="prompt text; repeat the flag (or mix it with --prompt-file) for a batch of prompts")
     p.add_argument("--prompt-file", action="append", type=_prompt_file, dest="prompt", metavar="PATH",
                    help="a UTF-8 file whose whole text is one prompt; - reads standard input")
+    p.add_argument("--input", type=Path, default=None, metavar="FILE",
+                   help='a JSONL file of prompts, one object per line with "prompt", "turns" or "messages" (and '
+                        'optional "max_new_tokens", "temperature", "top_k", "top_p"); needs --output')
+    p.add_argument("--output", type=Path, default=None, metavar="FILE",
+                   help="with --input: the JSONL file the completions are appended to, batch by batch; the same "
+                        "command again after a kill resumes it")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="with --input: prompts decoded at once, grouped by length (default 8)")
     p.add_argument("--target", default=DEFAULT_TARGET,
                    help="'default' (Gemma 3 270M from its PyPI package), a .gguf file or an HF directory")
     p.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn of the chat template")
