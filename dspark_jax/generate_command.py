@@ -103,12 +103,21 @@ def _generate_file(args: argparse.Namespace) -> None:
 
 
 def _speculate(args, target, prompts, generation, method: speculative.SpeculativeMethod) -> None:
-    result = speculative.speculative_generate(target.params, target.config, prompts, generation, method,
-                                              seed=args.seed, split_timing=True)
-    for i, row in enumerate(result.tokens):
-        if len(prompts) > 1:
+    if len(prompts) == 1:  # tokens appear as the target accepts them
+        printed = ""
+        for result in speculative.speculative_stream(target.params, target.config, prompts, generation, method,
+                                                     seed=args.seed):
+            text = target.tokenizer.decode(result.tokens[0])
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+        print()
+    else:
+        result = speculative.speculative_generate(target.params, target.config, prompts, generation, method,
+                                                  seed=args.seed, split_timing=True)
+        for i, row in enumerate(result.tokens):
             print(f"--- [{i}] {args.prompt[i]!r}")
-        print(target.tokenizer.decode(row))
+            print(target.tokenizer.decode(row))
     s = result.stats
     total = sum(len(r) for r in result.tokens)
     rates = " ".join(f"{r:.2f}" for r in s.accept_rate_by_position)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -217,14 +217,20 @@ class SpecDecoder:
         branches = [functools.partial(verify_nodes, 1 + depth * template.width) for depth in range(template.depth + 1)]
         return jax.lax.switch(verify_depth, branches)
 
-    def run(self, params: TransformerParams, proposer_params: Any, state: SpecState) -> SpecState:
-        return jax.lax.while_loop(lambda s: jnp.any(~s.done), functools.partial(self.step, params, proposer_params),
-                                  state)
+    def run(self, params: TransformerParams, proposer_params: Any, state: SpecState,
+            until_steps: jax.Array) -> SpecState:
+        """Steps until every row is done or `until_steps` verify steps ran in all (a traced bound: one compile)."""
+        return jax.lax.while_loop(lambda s: jnp.any(~s.done) & (s.steps < until_steps),
+                                  functools.partial(self.step, params, proposer_params), state)
+
+
+ALL_STEPS = np.iinfo(np.int32).max  # `run`'s bound when nothing pauses the loop
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _generate(decoder: SpecDecoder, params, proposer_params, prompt, prompt_lengths, key) -> SpecState:
-    return decoder.run(params, proposer_params, decoder.prefill(params, proposer_params, prompt, prompt_lengths, key))
+    state = decoder.prefill(params, proposer_params, prompt, prompt_lengths, key)
+    return decoder.run(params, proposer_params, state, jnp.int32(ALL_STEPS))
 
 
 _prefill = jax.jit(SpecDecoder.prefill, static_argnums=0)
@@ -370,28 +376,57 @@ def speculative_generate(params: TransformerParams, model: ModelConfig, prompts:
     By default the whole generation is one device call. `split_timing=True` runs prefill and the decode
     loop as two calls (still no host round trip per step) so their wall times can be reported apart.
     """
-    proposer, proposer_params, template, schedule = method.proposer, method.params, method.template, method.schedule
-    decoder, prompt, lengths = prepare(model, prompts, generation, proposer, template)
+    decoder, prompt, lengths, key = _decoder(params, model, prompts, generation, method, seed)
+    start = time.perf_counter()
+    if split_timing:
+        state = jax.block_until_ready(_prefill(decoder, params, method.params, prompt, lengths, key))
+        prefill_done = time.perf_counter()
+        state = jax.block_until_ready(_run(decoder, params, method.params, state, jnp.int32(ALL_STEPS)))
+    else:
+        state = jax.block_until_ready(_generate(decoder, params, method.params, prompt, lengths, key))
+        prefill_done = start
+    return _result(state, lengths, method.template, prefill_done - start, time.perf_counter() - prefill_done)
+
+
+def speculative_stream(params: TransformerParams, model: ModelConfig, prompts: Sequence[Sequence[int]],
+                       generation: GenerationConfig, method: SpeculativeMethod, seed: int = 0,
+                       chunk_steps: int = 2) -> Iterator[SpecResult]:
+    """Yields the tokens accepted so far (and the statistics so far) after prefill and after every
+    `chunk_steps` verify steps; the last result is `speculative_generate`'s: the loop and its keys are the
+    same, only the pauses differ."""
+    decoder, prompt, lengths, key = _decoder(params, model, prompts, generation, method, seed)
+    start = time.perf_counter()
+    state = jax.block_until_ready(_prefill(decoder, params, method.params, prompt, lengths, key))
+    prefill_done = time.perf_counter()
+    yield _result(state, lengths, method.template, prefill_done - start, 0.0)
+    until = 0
+    while not bool(jnp.all(state.done)):
+        until += chunk_steps
+        state = jax.block_until_ready(_run(decoder, params, method.params, state, jnp.int32(until)))
+        yield _result(state, lengths, method.template, prefill_done - start, time.perf_counter() - prefill_done)
+
+
+def _decoder(params: TransformerParams, model: ModelConfig, prompts: Sequence[Sequence[int]],
+             generation: GenerationConfig, method: SpeculativeMethod, seed: int):
+    """(decoder, padded prompts, lengths, key) for `method`, its scheduler profiled when it asks for one."""
+    decoder, prompt, lengths = prepare(model, prompts, generation, method.proposer, method.template)
     key = jax.random.key(seed)
+    schedule = method.schedule
     if schedule == "hardware":
         fit = method.calibration.for_temperature(generation.sampling.temperature)
-        schedule = dataclasses.replace(profile_scheduler(decoder, params, proposer_params, prompt, lengths, key),
+        schedule = dataclasses.replace(profile_scheduler(decoder, params, method.params, prompt, lengths, key),
                                        calibration=fit)
     if isinstance(schedule, PrefixScheduler):
         decoder = dataclasses.replace(decoder, scheduler=schedule)
-    start = time.perf_counter()
-    if split_timing:
-        state = jax.block_until_ready(_prefill(decoder, params, proposer_params, prompt, lengths, key))
-        prefill_done = time.perf_counter()
-        state = jax.block_until_ready(_run(decoder, params, proposer_params, state))
-    else:
-        state = jax.block_until_ready(_generate(decoder, params, proposer_params, prompt, lengths, key))
-        prefill_done = start
-    end = time.perf_counter()
+    return decoder, prompt, lengths, key
+
+
+def _result(state: SpecState, lengths: np.ndarray, template: TreeTemplate, prefill_seconds: float,
+            decode_seconds: float) -> SpecResult:
     history, length, accepted, verified_depth, confidence, steps = jax.device_get(
         (state.history, state.length, state.accepted, state.verified_depth, state.confidence, state.steps))
     tokens = [row[p:n].tolist() for row, p, n in zip(history, lengths, length)]
     stats = SpecStats(accepted=accepted[:, :steps], verified_depth=verified_depth[:, :steps],
                       confidence=confidence[:, :steps], depth=template.depth,
-                      prefill_seconds=prefill_done - start, decode_seconds=end - prefill_done)
+                      prefill_seconds=prefill_seconds, decode_seconds=decode_seconds)
     return SpecResult(tokens=tokens, stats=stats)

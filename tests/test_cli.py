@@ -70,7 +70,7 @@ def test_prompt_files_and_their_errors(tmp_path, capsys, monkeypatch, no_loading
     code, err = run_cli(["--target", str(TINY / "llama"), "--prompt-file", str(latin1)], capsys)
     assert code == 2 and f"{latin1} is not UTF-8 text (byte 3)" in err
     code, err = run_cli(["--target", str(TINY / "llama")], capsys)
-    assert code == 2 and "pass --prompt TEXT or --prompt-file PATH" in err
+    assert code == 2 and "pass --prompt TEXT, --prompt-file PATH (- for stdin) or --input" in err
 
 
 def test_prompts_from_files_and_stdin_keep_their_order(tmp_path, capsys, monkeypatch):

@@ -13,9 +13,9 @@ PACKAGES = {"dspark_jax": "dspark_jax", "models": "dspark_jax.models", "kernels"
             "train": "dspark_jax.train"}
 # Lowest first; a module may import its own layer and the ones below. The first matching prefix decides.
 LAYERS = (
-    ("math and files", ("dspark_jax.kernels", "dspark_jax.atomic_file", "dspark_jax.sampling", "dspark_jax.tree",
-                        "dspark_jax.calibration", "dspark_jax.temperature_scaling", "dspark_jax.scheduler",
-                        "dspark_jax.acceptance")),
+    ("math and files", ("dspark_jax.kernels", "dspark_jax.atomic_file", "dspark_jax.command_names",
+                        "dspark_jax.sampling", "dspark_jax.tree", "dspark_jax.calibration",
+                        "dspark_jax.temperature_scaling", "dspark_jax.scheduler", "dspark_jax.acceptance")),
     ("models", ("dspark_jax.models",)),
     ("engine", ("dspark_jax.generate", "dspark_jax.target", "dspark_jax.proposers", "dspark_jax.speculative")),
     # the drafter-kind registry joins each kind's model, proposer and training objective

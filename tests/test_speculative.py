@@ -336,3 +336,17 @@ def test_a_method_is_checked_when_built():
                           calibration=DrafterCalibration(()).with_fit(0.0, SequentialTemperatures((1.0,))))
     assert not SpeculativeMethod(NgramProposer()).scheduled
     assert SpeculativeMethod(NgramProposer(), schedule="hardware").scheduled
+
+
+def test_streaming_yields_growing_prefixes_of_the_same_result():
+    config = tiny_config("llama")
+    params = init_params(config, jax.random.key(0), std=0.3)
+    generation = GenerationConfig(max_new_tokens=20)
+    method = SpeculativeMethod(DraftModelProposer(config), params, TreeTemplate(1, 3))
+    noisy = dataclasses.replace(method, params=jax.tree.map(lambda a: a * 1.05, params))  # a drafter that misses
+    whole = speculative_generate(params, config, PROMPTS, generation, noisy)
+    chunks = list(speculative.speculative_stream(params, config, PROMPTS, generation, noisy, chunk_steps=2))
+    assert len(chunks) > 2 and chunks[-1].tokens == whole.tokens
+    for earlier, later in zip(chunks, chunks[1:]):
+        assert all(later_row[: len(row)] == row for row, later_row in zip(earlier.tokens, later.tokens))
+    np.testing.assert_array_equal(chunks[-1].stats.accepted, whole.stats.accepted)
