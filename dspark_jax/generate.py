@@ -58,25 +58,25 @@ def prompt_slots(prompt_lengths: jax.Array, width: int, cache_size: int) -> tupl
     return positions, jnp.where(positions < prompt_lengths[:, None], positions, cache_size)
 
 
-def prefill_prompt(params: TransformerParams, model: ModelConfig, prompt: jax.Array, prompt_lengths: jax.Array,
+def prefill_prompt(params: TransformerParams, config: ModelConfig, prompt: jax.Array, prompt_lengths: jax.Array,
                    cache_size: int, capture_layers: tuple[int, ...] = ()) -> tuple[ForwardOutput, jax.Array]:
     """Runs the prompt batch (int32[B, T], right-padded) into a fresh cache of `cache_size` slots.
 
     Returns the forward output and float32[B, V], the logits after each row's last prompt token.
     """
     positions, write_slots = prompt_slots(prompt_lengths, prompt.shape[1], cache_size)
-    cache = KVCache.empty(model, prompt.shape[0], cache_size, params.embed.dtype)
-    out = forward(params, prompt, positions, cache, config=model, write_slots=write_slots,
+    cache = KVCache.empty(config, prompt.shape[0], cache_size, params.embed.dtype)
+    out = forward(params, prompt, positions, cache, config=config, write_slots=write_slots,
                   capture_layers=capture_layers)
     last_hidden = jnp.take_along_axis(out.hidden, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
-    return out, logits(params, last_hidden, config=model)
+    return out, logits(params, last_hidden, config=config)
 
 
 @dataclasses.dataclass(frozen=True)
 class Decoder:
     """Static description of one generation loop; hashable, so it keys the jit caches."""
 
-    model: ModelConfig
+    config: ModelConfig
     generation: GenerationConfig
     cache_size: int
 
@@ -102,12 +102,12 @@ class Decoder:
                 keys: jax.Array) -> DecodeState:
         """prompt: int32[B, T] right-padded; prompt_lengths: int32[B]; keys: [B]. Samples the first token."""
         batch = prompt.shape[0]
-        out, last_logits = prefill_prompt(params, self.model, prompt, prompt_lengths, self.cache_size)
+        out, last_logits = prefill_prompt(params, self.config, prompt, prompt_lengths, self.cache_size)
         step_keys, next_keys = _split_rows(keys)
         first = sample(last_logits, step_keys, self.generation.sampling)
         state = DecodeState(
             cache=out.cache,
-            tokens=jnp.full((batch, self.generation.max_new_tokens), self.model.pad_token_id, jnp.int32),
+            tokens=jnp.full((batch, self.generation.max_new_tokens), self.config.pad_token_id, jnp.int32),
             num_generated=jnp.zeros(batch, jnp.int32),
             last_token=jnp.take_along_axis(prompt, (prompt_lengths - 1)[:, None], axis=1)[:, 0],
             next_position=prompt_lengths - 1,
@@ -121,10 +121,10 @@ class Decoder:
         """One decode forward pass for the whole batch; finished rows write nothing."""
         positions = state.next_position[:, None]
         write_slots = jnp.where(state.done[:, None], self.cache_size, positions)
-        out = forward(params, state.last_token[:, None], positions, state.cache, config=self.model,
+        out = forward(params, state.last_token[:, None], positions, state.cache, config=self.config,
                       write_slots=write_slots)
         step_keys, next_keys = _split_rows(state.keys)
-        new_token = sample(logits(params, out.hidden[:, 0], config=self.model), step_keys, self.generation.sampling)
+        new_token = sample(logits(params, out.hidden[:, 0], config=self.config), step_keys, self.generation.sampling)
         state = dataclasses.replace(state, cache=out.cache, steps=state.steps + 1)
         return self._emit(state, new_token, next_keys)
 
@@ -167,7 +167,7 @@ def bucketed_width(longest: int, minimum: int = 16) -> int:
     return max(minimum, 1 << (longest - 1).bit_length())
 
 
-def pad_prompts(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
+def pad_prompts(config: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
                 reserve: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Validates prompts and right-pads them to a bucketed width: (int32[B, T], int32[B] lengths).
 
@@ -181,19 +181,19 @@ def pad_prompts(model: ModelConfig, prompts: Sequence[Sequence[int]], generation
     if min(lengths) == 0:
         raise ValueError(f"prompt {lengths.index(0)} is empty: every prompt needs at least one token")
     longest = max(lengths)
-    if longest + generation.max_new_tokens + reserve > model.max_position:
+    if longest + generation.max_new_tokens + reserve > config.max_position:
         raise ValueError(
             f"a prompt of {longest} tokens plus max_new_tokens={generation.max_new_tokens}"
             + (f" plus {reserve} draft slots" if reserve else "")
-            + f" exceeds the model's context of {model.max_position} tokens: shorten the prompt or lower "
+            + f" exceeds the model's context of {config.max_position} tokens: shorten the prompt or lower "
             "max_new_tokens"
         )
     for i, p in enumerate(prompts):
-        bad = [t for t in p if not 0 <= t < model.vocab_size]
+        bad = [t for t in p if not 0 <= t < config.vocab_size]
         if bad:
-            raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {model.vocab_size}): {bad[:5]}")
+            raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {config.vocab_size}): {bad[:5]}")
     width = bucketed_width(longest, generation.min_prompt_width)
-    prompt = np.full((len(prompts), width), model.pad_token_id, np.int32)
+    prompt = np.full((len(prompts), width), config.pad_token_id, np.int32)
     for i, p in enumerate(prompts):
         prompt[i, : len(p)] = p
     return prompt, np.asarray(lengths, np.int32)
@@ -203,16 +203,16 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def prepare(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
+def prepare(config: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
             seed: int = 0) -> PreparedBatch:
     """Validates and pads the prompts and sizes the loop, before anything is compiled.
 
     The cache size is a multiple of 128 so that similar requests reuse compiled code.
     """
-    prompt, lengths = pad_prompts(model, prompts, generation)
+    prompt, lengths = pad_prompts(config, prompts, generation)
     cache_size = round_up(prompt.shape[1] + generation.max_new_tokens, 128)
     keys = jax.random.split(jax.random.key(seed), len(prompts))
-    return PreparedBatch(Decoder(model, generation, cache_size), prompt, lengths, keys)
+    return PreparedBatch(Decoder(config, generation, cache_size), prompt, lengths, keys)
 
 
 def _rows(state: DecodeState) -> list[list[int]]:
@@ -220,21 +220,21 @@ def _rows(state: DecodeState) -> list[list[int]]:
     return [row[:n].tolist() for row, n in zip(tokens, counts)]
 
 
-def generate(params: TransformerParams, model: ModelConfig, prompts: Sequence[Sequence[int]],
+def generate(params: TransformerParams, config: ModelConfig, prompts: Sequence[Sequence[int]],
              generation: GenerationConfig, seed: int = 0) -> list[list[int]]:
     """Generated token ids per prompt (stop token included), in one device call."""
-    batch = prepare(model, prompts, generation, seed)
+    batch = prepare(config, prompts, generation, seed)
     state = _generate(batch.decoder, params, batch.prompt, batch.prompt_lengths, batch.keys)
     return _rows(state)
 
 
-def generate_stream(params: TransformerParams, model: ModelConfig, prompts: Sequence[Sequence[int]],
+def generate_stream(params: TransformerParams, config: ModelConfig, prompts: Sequence[Sequence[int]],
                     generation: GenerationConfig, seed: int = 0, chunk: int = 8) -> Iterator[list[list[int]]]:
     """Yields each row's tokens so far after prefill and after every `chunk` further tokens.
 
     Same tokens as `generate`: the loop and its random keys are identical, only the pauses differ.
     """
-    batch = prepare(model, prompts, generation, seed)
+    batch = prepare(config, prompts, generation, seed)
     state = _prefill(batch.decoder, params, batch.prompt, batch.prompt_lengths, batch.keys)
     yield _rows(state)
     until = 1

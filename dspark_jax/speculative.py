@@ -86,7 +86,7 @@ class SpecState:
 class SpecDecoder:
     """Static description of one speculative generation; hashable, so it keys the jit caches."""
 
-    model: ModelConfig
+    config: ModelConfig
     proposer: Proposer
     template: TreeTemplate
     generation: GenerationConfig
@@ -98,7 +98,7 @@ class SpecDecoder:
                 prompt_lengths: jax.Array, key: jax.Array) -> SpecState:
         """prompt: int32[B, T] right-padded; prompt_lengths: int32[B]. Samples the first token."""
         batch, width = prompt.shape
-        out, last_logits = prefill_prompt(params, self.model, prompt, prompt_lengths, self.cache_size,
+        out, last_logits = prefill_prompt(params, self.config, prompt, prompt_lengths, self.cache_size,
                                           self.proposer.capture_layers)
         # Three keys, the middle one unused: a two-way split would change every seeded sampled run, and with
         # it the T = 1 results recorded in docs/.
@@ -204,9 +204,9 @@ class SpecDecoder:
         mask = verify_mask(template, anchor_position, state.cache.positions)
 
         def verify_nodes(n: int):
-            out = forward(params, node_tokens[:, :n], positions[:, :n], state.cache, config=self.model,
+            out = forward(params, node_tokens[:, :n], positions[:, :n], state.cache, config=self.config,
                           write_slots=slots[:, :n], mask=mask[:, :n], capture_layers=self.proposer.capture_layers)
-            target_logits = logits(params, out.hidden, config=self.model)
+            target_logits = logits(params, out.hidden, config=self.config)
             sampling = self.generation.sampling
             judged = argmax(target_logits) if sampling.greedy else probabilities(target_logits, sampling)
             pad = lambda a, axis: jnp.pad(a, [(0, num_nodes - n if i == axis else 0) for i in range(a.ndim)])
@@ -358,17 +358,17 @@ class SpecResult:
     stats: SpecStats
 
 
-def prepare(model: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
+def prepare(config: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
             proposer: Proposer, template: TreeTemplate) -> tuple[SpecDecoder, np.ndarray, np.ndarray]:
     """Validates and pads the request and sizes the loop, before anything is compiled."""
-    prompt, lengths = pad_prompts(model, prompts, generation, reserve=template.num_nodes)
+    prompt, lengths = pad_prompts(config, prompts, generation, reserve=template.num_nodes)
     width = prompt.shape[1]
     cache_size = round_up(width + generation.max_new_tokens + template.num_nodes, 128)
     history_size = width + generation.max_new_tokens + template.depth + 1
-    return SpecDecoder(model, proposer, template, generation, cache_size, history_size), prompt, lengths
+    return SpecDecoder(config, proposer, template, generation, cache_size, history_size), prompt, lengths
 
 
-def speculative_generate(params: TransformerParams, model: ModelConfig, prompts: Sequence[Sequence[int]],
+def speculative_generate(params: TransformerParams, config: ModelConfig, prompts: Sequence[Sequence[int]],
                          generation: GenerationConfig, method: SpeculativeMethod, seed: int = 0,
                          split_timing: bool = False) -> SpecResult:
     """Generated tokens per prompt and acceptance statistics, drafting with `method`.
@@ -376,7 +376,7 @@ def speculative_generate(params: TransformerParams, model: ModelConfig, prompts:
     By default the whole generation is one device call. `split_timing=True` runs prefill and the decode
     loop as two calls (still no host round trip per step) so their wall times can be reported apart.
     """
-    decoder, prompt, lengths, key = _decoder(params, model, prompts, generation, method, seed)
+    decoder, prompt, lengths, key = _decoder(params, config, prompts, generation, method, seed)
     start = time.perf_counter()
     if split_timing:
         state = jax.block_until_ready(_prefill(decoder, params, method.params, prompt, lengths, key))
@@ -388,13 +388,13 @@ def speculative_generate(params: TransformerParams, model: ModelConfig, prompts:
     return _result(state, lengths, method.template, prefill_done - start, time.perf_counter() - prefill_done)
 
 
-def speculative_stream(params: TransformerParams, model: ModelConfig, prompts: Sequence[Sequence[int]],
+def speculative_stream(params: TransformerParams, config: ModelConfig, prompts: Sequence[Sequence[int]],
                        generation: GenerationConfig, method: SpeculativeMethod, seed: int = 0,
                        chunk_steps: int = 2) -> Iterator[SpecResult]:
     """Yields the tokens accepted so far (and the statistics so far) after prefill and after every
     `chunk_steps` verify steps; the last result is `speculative_generate`'s: the loop and its keys are the
     same, only the pauses differ."""
-    decoder, prompt, lengths, key = _decoder(params, model, prompts, generation, method, seed)
+    decoder, prompt, lengths, key = _decoder(params, config, prompts, generation, method, seed)
     start = time.perf_counter()
     state = jax.block_until_ready(_prefill(decoder, params, method.params, prompt, lengths, key))
     prefill_done = time.perf_counter()
@@ -406,10 +406,10 @@ def speculative_stream(params: TransformerParams, model: ModelConfig, prompts: S
         yield _result(state, lengths, method.template, prefill_done - start, time.perf_counter() - prefill_done)
 
 
-def _decoder(params: TransformerParams, model: ModelConfig, prompts: Sequence[Sequence[int]],
+def _decoder(params: TransformerParams, config: ModelConfig, prompts: Sequence[Sequence[int]],
              generation: GenerationConfig, method: SpeculativeMethod, seed: int):
     """(decoder, padded prompts, lengths, key) for `method`, its scheduler profiled when it asks for one."""
-    decoder, prompt, lengths = prepare(model, prompts, generation, method.proposer, method.template)
+    decoder, prompt, lengths = prepare(config, prompts, generation, method.proposer, method.template)
     key = jax.random.key(seed)
     schedule = method.schedule
     if schedule == "hardware":

@@ -197,3 +197,18 @@ def test_train_names_an_unknown_kind(capsys):
         cli.main(["train", "--drafter", "medusa", "--data", "nowhere", "--out", "nowhere"])
     assert exit_info.value.code == 2
     assert "unknown drafter kind 'medusa'; kinds are dspark, dflash, eagle3" in capsys.readouterr().err
+
+
+def test_a_draft_model_resolved_without_a_dtype_is_float32():
+    """eval / bench resolve drafters without a dtype; model:PATH used to reach np.dtype(None) = float64."""
+    import jax
+    import numpy as np
+
+    from dspark_jax.drafter_choice import resolve_drafter
+    from dspark_jax.target import describe_target, load_target
+
+    spec = describe_target(str(TINY / "llama"))
+    choice = resolve_drafter(f"model:{TINY / 'llama'}", spec)
+    _, params = choice.build(load_target(spec))
+    dtypes = {np.asarray(leaf).dtype for leaf in jax.tree.leaves(params)}
+    assert np.dtype(np.float64) not in dtypes and np.dtype(np.float32) in dtypes
