@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dspark_jax.command_names import (
     DEFAULT_TARGET,
+    DRAFTER_FORMATS,
     DTYPE_NAMES,
     HELD_OUT,
     RUN_FILE,
@@ -32,6 +33,7 @@ COMMANDS = {
     "eval": "dspark_jax.eval_commands:evaluate_command",
     "bench": "dspark_jax.eval_commands:bench_command",
     "calibrate": "dspark_jax.calibrate_command:calibrate_command",
+    "export": "dspark_jax.export_command:export_command",
 }
 
 
@@ -115,8 +117,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                         "when greedy, none when sampling, dspark under --schedule hardware; for other targets "
                         "none), none (plain decoding), dspark / dflash / eagle3 (a shipped drafter), ngram (prompt "
                         "lookup), model:PATH (a small .gguf or HF model with the target's vocabulary), the "
-                        "directory of an exported drafter, or any of these drafters + '+ngram' (with prompt lookup, "
-                        "per row whichever draft is expected to last longer)")
+                        "directory of a trained drafter (ours, or DeepSpec's, vLLM's or SGLang's format), or any "
+                        "of these drafters + '+ngram' (with prompt lookup, per row whichever draft is expected to "
+                        "last longer)")
     p.add_argument("--gamma", type=int, default=None,
                    help="draft tokens per step, chain (default: the drafter's block size, else 7)")
     p.add_argument("--tree", type=tree_argument, default=None,
@@ -174,6 +177,9 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-features", type=int, default=None,
                    help="target layers fused by the drafter (K); default 5 for DSpark/DFlash, 3 for EAGLE-3")
     p.add_argument("--rank", type=int, default=None, help="DSpark's Markov head rank (default 256)")
+    p.add_argument("--qk-norm", action="store_true",
+                   help="normalise each attention head's queries and keys (Qwen3-style), as the drafters of "
+                        "DeepSpec, vLLM and SGLang do: needed to export a DSpark/DFlash drafter to their formats")
     p.add_argument("--draft-vocab", type=int, default=32768,
                    help="draft over the N most frequent response tokens (0: the target's whole vocabulary)")
     p.add_argument("--learning-rate", type=float, default=6e-4)
@@ -249,6 +255,21 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export",
+                       help="write a trained drafter in DeepSpec's, vLLM's or SGLang's format (docs/interop.md)")
+    p.add_argument("--drafter", required=True,
+                   help="dspark / dflash / eagle3 (a shipped drafter) or a drafter directory, in our format or a "
+                        "public one")
+    p.add_argument("--format", required=True, choices=DRAFTER_FORMATS,
+                   help="deepspec (its Qwen3DSparkModel / Qwen3Eagle3Model), vllm (Qwen3DSparkModel, "
+                        "DFlashDraftModel, LlamaForCausalLMEagle3) or sglang (the same architectures as vLLM)")
+    p.add_argument("--out", type=Path, required=True, help="directory for config.json and model.safetensors")
+    p.add_argument("--target", default=DEFAULT_TARGET,
+                   help="the target the drafter was trained for: its embedding and head are written too")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="dtype of the float tensors")
+
+
 class _HelpWithDefaults(argparse.HelpFormatter):
     """--help shows each option's default, unless it has none or its help already says it."""
 
@@ -266,7 +287,7 @@ class _HelpWithDefaults(argparse.HelpFormatter):
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspark-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_training, _add_evaluation, _add_calibrate):
+    for add in (_add_generate, _add_training, _add_evaluation, _add_calibrate, _add_export):
         add(sub)
     assert set(sub.choices) == set(COMMANDS)
     for command in sub.choices.values():

@@ -29,3 +29,4 @@ RUN_FILE = "run.json"  # what a train run directory trains, recorded at its firs
 DATA_FILE = "data.json"  # how a prepare-data directory's shards are written, recorded at its first start
 STOPPED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 HELD_OUT = "sharegpt"  # calibrate's default prompts: ShareGPT's held-out split
+DRAFTER_FORMATS = ("deepspec", "vllm", "sglang")  # dspark_jax/interop/formats.py: FORMATS

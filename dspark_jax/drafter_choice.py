@@ -18,10 +18,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from dspark_jax.drafter_kinds import KINDS, drafter_proposer, load_drafter, stored_config
+from dspark_jax import drafter_files
+from dspark_jax.drafter_kinds import KINDS, drafter_proposer, stored_config
 from dspark_jax.drafters import TARGET_FILE, shipped_drafter
 from dspark_jax.models.drafter_calibration import DrafterCalibration
-from dspark_jax.models.drafter_checkpoint import read_drafter_config
 from dspark_jax.proposers.draft_model import DraftModelProposer
 from dspark_jax.proposers.hybrid import HybridProposer
 from dspark_jax.proposers.ngram import NgramProposer
@@ -157,7 +157,7 @@ def _hybrid(choice: str, spec: TargetSpec, gamma: int | None, tree: TreeTemplate
 
 
 def _exported(directory: Path, name: str, spec: TargetSpec, depth: int | None, template) -> DrafterChoice:
-    meta = read_drafter_config(directory)
+    meta = drafter_files.read_meta(directory)
     kind, config = stored_config(meta)
     if depth and depth > config.depth:
         raise ValueError(f"this {kind.name} drafter drafts at most {config.depth} tokens; --gamma/--tree depth must "
@@ -167,7 +167,7 @@ def _exported(directory: Path, name: str, spec: TargetSpec, depth: int | None, t
                          f"vocabulary of {meta['target']['vocab_size']}, not this target's {spec.config.vocab_size}")
 
     def build(target: Target):
-        model = load_drafter(directory, target.config, target.params)
+        model = drafter_files.load(directory, target.config, target.params)
         return drafter_proposer(target.config, model, target.params)
 
     calibration = DrafterCalibration.read(directory) if kind.has_confidence else DrafterCalibration(())

@@ -127,7 +127,7 @@ def _drafter_config(args: argparse.Namespace, kind: DrafterKind, spec) -> Drafte
             raise ValueError(f"{flag} must be >= 1, got {value}")
         options[field] = value
     return kind.new_config(spec.config, depth=args.block_size, num_features=args.num_features,
-                           compute_dtype="bfloat16" if args.bf16 else "float32", **options)
+                           compute_dtype="bfloat16" if args.bf16 else "float32", qk_norm=args.qk_norm, **options)
 
 
 def train(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.draft_vocab import vocab_map
 from dspark_jax.models.drafter_attention import grouped_attention
 from dspark_jax.models.drafter_config import DrafterConfig
-from dspark_jax.models.rms_norm import RMSNorm
+from dspark_jax.models.rms_norm import RMSNorm, head_norms, maybe_norm
 from dspark_jax.models.transformer import apply_rope
 
 
@@ -56,6 +56,7 @@ class DraftLayer(nnx.Module):
         self.config = config
         self.attn_norm = RMSNorm(e, eps=config.rms_norm_eps, dtype=config.dtype)
         self.q, self.k, self.v, self.o = linear(e, h * d), linear(e, kv * d), linear(e, kv * d), linear(h * d, e)
+        self.q_norm, self.k_norm = head_norms(config)
         self.mlp_norm = RMSNorm(e, eps=config.rms_norm_eps, dtype=config.dtype)
         self.gate, self.up, self.down = linear(e, f), linear(e, f), linear(f, e)
 
@@ -65,7 +66,7 @@ class DraftLayer(nnx.Module):
     def keys_values(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x: [B, S, E] (already normalised) at positions [B, S] → k, v: [B, S, KVH, D]."""
         c = self.config
-        k = apply_rope(self._heads(self.k(x), c.num_kv_heads), positions, c.inv_freq)
+        k = apply_rope(maybe_norm(self.k_norm, self._heads(self.k(x), c.num_kv_heads)), positions, c.inv_freq)
         return k, self._heads(self.v(x), c.num_kv_heads)
 
     def __call__(self, x: jax.Array, positions: jax.Array, context_k: jax.Array, context_v: jax.Array,
@@ -76,8 +77,9 @@ class DraftLayer(nnx.Module):
         b, n, g, _ = x.shape
         h = self.attn_norm(x)
         flat = lambda a: a.reshape(b, n * g, *a.shape[3:])
-        q = apply_rope(self._heads(flat(self.q(h)), c.num_heads), flat(positions[..., None])[..., 0], c.inv_freq)
-        block_k, block_v = self.keys_values(flat(h), flat(positions[..., None])[..., 0])
+        flat_positions = flat(positions[..., None])[..., 0]
+        q = apply_rope(maybe_norm(self.q_norm, self._heads(flat(self.q(h)), c.num_heads)), flat_positions, c.inv_freq)
+        block_k, block_v = self.keys_values(flat(h), flat_positions)
         group = lambda a: a.reshape(b, n, g, *a.shape[2:])
         attn = grouped_attention(group(q), context_k, context_v, context_visible, group(block_k), group(block_v),
                                  scale=c.head_dim**-0.5)  # a block sees the context before its anchor and itself

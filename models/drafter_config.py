@@ -32,6 +32,9 @@ class DrafterConfig:
     intermediate_size: int = 1024
     rope_theta: float = 10_000.0
     rms_norm_eps: float = 1e-6
+    # Per-head RMSNorm of queries and keys before RoPE (Qwen3's attention): the drafters of DeepSpec, vLLM and
+    # SGLang have it, so a drafter with it exports to their formats and theirs import exactly (docs/interop.md).
+    qk_norm: bool = False
     compute_dtype: str = "float32"  # "bfloat16" computes the drafter in bf16; parameters stay float32
 
     DEFAULT_FEATURES: ClassVar[int] = 5  # K when the user names none

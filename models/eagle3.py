@@ -22,7 +22,7 @@ from flax import nnx
 from dspark_jax.models.draft_vocab import vocab_map
 from dspark_jax.models.drafter_attention import grouped_attention
 from dspark_jax.models.drafter_config import DrafterConfig
-from dspark_jax.models.rms_norm import RMSNorm
+from dspark_jax.models.rms_norm import RMSNorm, head_norms, maybe_norm
 from dspark_jax.models.transformer import apply_rope
 
 
@@ -54,6 +54,7 @@ class Eagle3Drafter(nnx.Module):
         self.embed_norm, self.hidden_norm = norm(), norm()
         self.q, self.k, self.v = linear(2 * e, h * d), linear(2 * e, kv * d), linear(2 * e, kv * d)
         self.o = linear(h * d, e)
+        self.q_norm, self.k_norm = head_norms(config)
         self.mlp_norm = norm()
         self.gate, self.up, self.down = linear(e, f), linear(e, f), linear(f, e)
         self.final_norm = norm()
@@ -69,7 +70,8 @@ class Eagle3Drafter(nnx.Module):
         return x.reshape(*x.shape[:-1], n, self.config.head_dim)
 
     def _entry(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-        k = apply_rope(self._heads(self.k(x), self.config.num_kv_heads), positions, self.config.inv_freq)
+        k = apply_rope(maybe_norm(self.k_norm, self._heads(self.k(x), self.config.num_kv_heads)), positions,
+                       self.config.inv_freq)
         return k, self._heads(self.v(x), self.config.num_kv_heads)
 
     def keys_values(self, token_embeddings: jax.Array, hidden: jax.Array,
@@ -91,7 +93,7 @@ class Eagle3Drafter(nnx.Module):
         c = self.config
         b, n, _ = hidden.shape
         x = self._inputs(token_embeddings, hidden)
-        q = apply_rope(self._heads(self.q(x), c.num_heads), positions, c.inv_freq)
+        q = apply_rope(maybe_norm(self.q_norm, self._heads(self.q(x), c.num_heads)), positions, c.inv_freq)
         k, v = self._entry(x, positions)
         chain_k = jnp.concatenate([chain_k, k[:, :, None].astype(chain_k.dtype)], axis=2)
         chain_v = jnp.concatenate([chain_v, v[:, :, None].astype(chain_v.dtype)], axis=2)

@@ -24,3 +24,14 @@ class RMSNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return rms_norm(x.astype(self.dtype), self.scale.get_value(), self.eps)
+
+
+def head_norms(config) -> tuple[RMSNorm | None, RMSNorm | None]:
+    """(query norm, key norm) over one head of a drafter's attention when `config.qk_norm`, else (None, None)."""
+    if not config.qk_norm:
+        return None, None
+    return tuple(RMSNorm(config.head_dim, eps=config.rms_norm_eps, dtype=config.dtype) for _ in range(2))
+
+
+def maybe_norm(norm: RMSNorm | None, x: jax.Array) -> jax.Array:
+    return x if norm is None else norm(x)
