@@ -200,15 +200,18 @@ Methods = SpeculativeMethod | Callable[[float], SpeculativeMethod | None] | None
 
 def generate_file(target: Target, input_path: Path, output: Path, defaults: GenerationConfig = GenerationConfig(),
                   method: Methods = None, batch_size: int = 8, chat: bool = False, seed: int = 0,
-                  progress: bool = True) -> Summary:
+                  progress: bool = True, read: tuple[list[Request], dict[int, dict]] | None = None) -> Summary:
     """Generates every line of `input_path` not yet in `output` (see the module docstring) and returns what
     this run did. defaults: the generation settings of lines that set none of their own. method: None
     (plain decoding), one SpeculativeMethod for every line, or a function of a line's decoding temperature
-    returning its method or None (the CLI's `default` drafter speculates only when greedy)."""
+    returning its method or None (the CLI's `default` drafter speculates only when greedy). read: the file
+    as `read_requests(input_path, target, defaults, chat)` returned it, for a caller that read it already
+    (to check it before loading the target); None reads it here."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     method_for = method if callable(method) else lambda temperature: method
-    requests, errors = read_requests(input_path, target, defaults, chat)
+    requests, errors = read if read is not None else read_requests(input_path, target, defaults, chat)
+    requests, errors = list(requests), dict(errors)
     for request in list(requests):  # too long for the model's context: an error line, not a crash mid-run
         chosen = method_for(request.generation.sampling.temperature)
         reserve = chosen.template.num_nodes if chosen is not None else 0

@@ -88,7 +88,7 @@ def _generate_file(args: argparse.Namespace) -> None:
     spec = describe_target(args.target)
     defaults = GenerationConfig(args.max_new_tokens, SamplingConfig(args.temperature, args.top_k, args.top_p),
                                 spec.tokenizer.eos_ids)
-    requests, _ = read_requests(args.input, spec, defaults, args.chat)  # the file is checked before loading
+    requests, errors = read_requests(args.input, spec, defaults, args.chat)  # checked before the target loads
     temperatures = sorted({r.generation.sampling.temperature for r in requests}) or [args.temperature]
     choices = {t: _drafter_choice(args, spec, t) for t in temperatures}
     mesh = make_mesh(*args.mesh) if args.mesh else None
@@ -98,7 +98,7 @@ def _generate_file(args: argparse.Namespace) -> None:
     target = load_target(spec, dtype=DTYPES[args.dtype], mesh=mesh, weights=weights)
     methods = {t: c.method(target) if c else None for t, c in choices.items()}
     summary = generate_file(target, args.input, args.output, defaults, lambda t: methods[t], batch_size,
-                            args.chat, args.seed)
+                            args.chat, args.seed, read=(requests, errors))
     print(f"[{summary.describe()}; wrote {args.output}]", file=sys.stderr)
 
 
