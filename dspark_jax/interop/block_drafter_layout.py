@@ -19,7 +19,6 @@ import numpy as np
 from dspark_jax.interop.tensor_names import Rename, attention_mlp_renames, export_renamed, import_renamed
 from dspark_jax.models.config import ConfigError, ModelConfig
 from dspark_jax.models.dflash import DFlashConfig
-from dspark_jax.models.dspark import DSparkConfig
 
 DSPARK_ARCHITECTURE = "Qwen3DSparkModel"
 DFLASH_ARCHITECTURE = "DFlashDraftModel"
@@ -27,14 +26,14 @@ ARCHITECTURES = (DSPARK_ARCHITECTURE, DFLASH_ARCHITECTURE)
 DEEPSPEC_ANCHORS = 512  # a training field DeepSpec's model requires; its recipe's value
 
 
-def renames(config: DFlashConfig) -> list[Rename]:
+def renames(config: DFlashConfig, kind: str) -> list[Rename]:
     rows = [("fc.weight", "backbone/fuse/kernel", True), ("hidden_norm.weight", "backbone/fuse_norm/scale", False),
             ("norm.weight", "backbone/final_norm/scale", False)]
     for i in range(config.num_layers):
         ours = f"backbone/layers/{i}/"
         rows.append((f"layers.{i}.input_layernorm.weight", f"{ours}attn_norm/scale", False))
         rows += attention_mlp_renames(f"layers.{i}.", ours, config.qk_norm)
-    if isinstance(config, DSparkConfig):
+    if kind == "dspark":
         rows += [("markov_head.markov_w2.weight", "heads/transition_out/kernel", True),
                  ("confidence_head.proj.weight", "heads/confidence/kernel", True),
                  ("confidence_head.proj.bias", "heads/confidence/bias", False)]
@@ -55,9 +54,9 @@ def qwen3_fields(config, target: ModelConfig, num_layers: int) -> dict:
     }
 
 
-def export_config(config: DFlashConfig, target: ModelConfig, architecture: str, draft_size: int) -> dict:
+def export_config(config: DFlashConfig, kind: str, target: ModelConfig, architecture: str, draft_size: int) -> dict:
     layers = list(config.target_layers)
-    dspark = isinstance(config, DSparkConfig)
+    dspark = kind == "dspark"
     fields = qwen3_fields(config, target, config.num_layers) | {
         "architectures": [architecture], "block_size": config.block_size, "mask_token_id": config.mask_token_id,
         "target_layer_ids": layers, "num_anchors": DEEPSPEC_ANCHORS,
@@ -74,9 +73,9 @@ def export_config(config: DFlashConfig, target: ModelConfig, architecture: str, 
     return fields
 
 
-def export_tensors(model, vocab: np.ndarray, target_vocab_size: int) -> dict[str, np.ndarray]:
-    tensors = export_renamed(model, renames(model.config))
-    if isinstance(model.config, DSparkConfig):
+def export_tensors(model, kind: str, vocab: np.ndarray, target_vocab_size: int) -> dict[str, np.ndarray]:
+    tensors = export_renamed(model, renames(model.config, kind))
+    if kind == "dspark":
         rows = np.asarray(model.heads.transition_in.embedding.get_value(), np.float32)  # [Vd + 1, r]
         draft_index = np.full(target_vocab_size, len(vocab))
         draft_index[vocab] = np.arange(len(vocab))
@@ -124,11 +123,12 @@ def read_fields(hf: dict, source: str) -> tuple[str, dict]:
     return "dflash", fields
 
 
-def import_tensors(model, tensors: dict[str, np.ndarray], vocab: np.ndarray, hf: dict, source: str) -> None:
+def import_tensors(model, kind: str, tensors: dict[str, np.ndarray], vocab: np.ndarray, hf: dict,
+                   source: str) -> None:
     """Fills `model` (built from `read_fields`) from the file; vocab: the sorted target ids of its draft
     tokens (the file's draft rows already in that order)."""
     config = model.config
-    if isinstance(config, DSparkConfig):
+    if kind == "dspark":
         rank = config.markov_rank
         if not hf.get("confidence_head_with_markov", True):
             # ours always reads [h ; W1[x]]: zero weights on W1[x] give the same confidence exactly
@@ -145,7 +145,7 @@ def import_tensors(model, tensors: dict[str, np.ndarray], vocab: np.ndarray, hf:
                               "dspark-jax's keeps one row for all of them")
         other_row = other[:1] if len(other) else np.zeros((1, rank), np.float32)
         model.heads.transition_in.embedding.set_value(np.concatenate([w1[vocab], other_row]).astype(np.float32))
-    import_renamed(model, renames(config), tensors, source)
+    import_renamed(model, renames(config, kind), tensors, source)
 
 
 def with_draft_order(tensors: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:

@@ -98,8 +98,8 @@ def export_as(format_name: str, model: nnx.Module, target: ModelConfig, params: 
         config = eagle3.export_config(model.config, target, architecture, len(vocab))
         tensors = eagle3.export_tensors(model, architecture)
     else:
-        config = block.export_config(model.config, target, architecture, len(vocab))
-        tensors = block.export_tensors(model, vocab, target.vocab_size)
+        config = block.export_config(model.config, kind, target, architecture, len(vocab))
+        tensors = block.export_tensors(model, kind, vocab, target.vocab_size)
     tensors["lm_head.weight"] = target_head_rows(params, vocab)
     if not form.shares_target_embedding:
         tensors["embed_tokens.weight"] = target_embeddings(target, params)
@@ -149,5 +149,5 @@ def load(directory: Path, target: ModelConfig, params: TransformerParams) -> nnx
     if meta["kind"] == "eagle3":
         eagle3.import_tensors(model, tensors, meta["architecture"], source)
     else:
-        block.import_tensors(model, block.with_draft_order(tensors, order), vocab, hf, source)
+        block.import_tensors(model, meta["kind"], block.with_draft_order(tensors, order), vocab, hf, source)
     return model
