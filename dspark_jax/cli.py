@@ -132,6 +132,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 MAX_SEQUENCES_HELP = "use only the first N prepared sequences (default: all), e.g. to keep a run's data fixed"
 
 
+def _add_mesh(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mesh", type=_mesh_shape, default=None,
+                   help="DATAxMODEL device mesh, e.g. 4x2: batches split over DATA, the target tensor-parallel "
+                        "over MODEL (default: one device; on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                        "gives N devices)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="with --mesh: also split parameters (and the drafter's optimizer state) over DATA, for "
+                        "models that do not fit one device")
+
+
 def _add_training(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare-data", help="ShareGPT prompts answered by the target (training sequences)")
     p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
@@ -145,6 +155,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=20, help="0 = off")
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded at once")
     p.add_argument("--shard-size", type=int, default=64, help="conversations per shard file")
+    _add_mesh(p)
 
     p = sub.add_parser("prepare-cache", help="write the target's features for prepared data (offline mode)")
     p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
@@ -154,6 +165,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-features", type=int, default=5, help="target layers fused by the drafter (K)")
     p.add_argument("--shard-size", type=int, default=64, help="conversations per shard file")
     p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
+    _add_mesh(p)
 
     p = sub.add_parser("train", help="train a DSpark, DFlash or EAGLE-3 drafter for the target",
                        epilog=f"Resumes from OUT/checkpoints when started again with the same drafter settings "
@@ -194,6 +206,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
                    help="weights of the exported drafter (float16 halves the file; loading casts back)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and anchor-sampling seed")
+    _add_mesh(p)
 
 
 def _add_evaluation(sub: argparse._SubParsersAction) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
+from dspark_jax.models.sharding import Placement, constrain_rows, placement_of
 from dspark_jax.models.transformer import ForwardOutput, forward, logits
 from dspark_jax.sampling import SamplingConfig, sample
 
@@ -79,6 +80,7 @@ class Decoder:
     config: ModelConfig
     generation: GenerationConfig
     cache_size: int
+    placement: Placement | None = None  # a target on a mesh: rows over its data axis (models/sharding.py)
 
     def _emit(self, state: DecodeState, new_token: jax.Array, keys: jax.Array) -> DecodeState:
         """Appends one token per live row and updates the stop flags."""
@@ -88,7 +90,7 @@ class Decoder:
         num_generated = state.num_generated + (~state.done)
         stop = jnp.isin(new_token, jnp.asarray(self.generation.stop_tokens or (-1,), jnp.int32))
         done = state.done | stop | (num_generated >= self.generation.max_new_tokens)
-        return dataclasses.replace(
+        return constrain_rows(dataclasses.replace(
             state,
             tokens=tokens,
             num_generated=num_generated,
@@ -96,7 +98,7 @@ class Decoder:
             next_position=state.next_position + (~state.done),
             done=done,
             keys=keys,
-        )
+        ), self.placement)
 
     def prefill(self, params: TransformerParams, prompt: jax.Array, prompt_lengths: jax.Array,
                 keys: jax.Array) -> DecodeState:
@@ -204,7 +206,7 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def prepare(config: ModelConfig, prompts: Sequence[Sequence[int]], generation: GenerationConfig,
-            seed: int = 0) -> PreparedBatch:
+            seed: int = 0, placement: Placement | None = None) -> PreparedBatch:
     """Validates and pads the prompts and sizes the loop, before anything is compiled.
 
     The cache size is a multiple of 128 so that similar requests reuse compiled code.
@@ -212,7 +214,7 @@ def prepare(config: ModelConfig, prompts: Sequence[Sequence[int]], generation: G
     prompt, lengths = pad_prompts(config, prompts, generation)
     cache_size = round_up(prompt.shape[1] + generation.max_new_tokens, 128)
     keys = jax.random.split(jax.random.key(seed), len(prompts))
-    return PreparedBatch(Decoder(config, generation, cache_size), prompt, lengths, keys)
+    return PreparedBatch(Decoder(config, generation, cache_size, placement), prompt, lengths, keys)
 
 
 def _rows(state: DecodeState) -> list[list[int]]:
@@ -223,7 +225,7 @@ def _rows(state: DecodeState) -> list[list[int]]:
 def generate(params: TransformerParams, config: ModelConfig, prompts: Sequence[Sequence[int]],
              generation: GenerationConfig, seed: int = 0) -> list[list[int]]:
     """Generated token ids per prompt (stop token included), in one device call."""
-    batch = prepare(config, prompts, generation, seed)
+    batch = prepare(config, prompts, generation, seed, placement_of(params))
     state = _generate(batch.decoder, params, batch.prompt, batch.prompt_lengths, batch.keys)
     return _rows(state)
 
@@ -234,7 +236,7 @@ def generate_stream(params: TransformerParams, config: ModelConfig, prompts: Seq
 
     Same tokens as `generate`: the loop and its random keys are identical, only the pauses differ.
     """
-    batch = prepare(config, prompts, generation, seed)
+    batch = prepare(config, prompts, generation, seed, placement_of(params))
     state = _prefill(batch.decoder, params, batch.prompt, batch.prompt_lengths, batch.keys)
     yield _rows(state)
     until = 1

@@ -27,6 +27,7 @@ from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.drafter_calibration import DrafterCalibration
 from dspark_jax.models.kv_cache import KVCache, keep_path
 from dspark_jax.models.params import TransformerParams
+from dspark_jax.models.sharding import Placement, constrain_rows, placement_of
 from dspark_jax.models.transformer import forward, logits
 from dspark_jax.proposers.base import DraftContext, Prefilled, Proposer, Verified
 from dspark_jax.sampling import argmax, probabilities, sample
@@ -93,6 +94,7 @@ class SpecDecoder:
     cache_size: int
     history_size: int
     scheduler: PrefixScheduler | None = None  # None: verify the whole draft every step
+    placement: Placement | None = None  # a target on a mesh: rows over its data axis (models/sharding.py)
 
     def prefill(self, params: TransformerParams, proposer_params: Any, prompt: jax.Array,
                 prompt_lengths: jax.Array, key: jax.Array) -> SpecState:
@@ -108,7 +110,7 @@ class SpecDecoder:
         history = jnp.zeros((batch, self.history_size), jnp.int32).at[:, :width].set(prompt)
         history = history.at[rows, prompt_lengths].set(first)
         prefilled = Prefilled(prompt=prompt, prompt_lengths=prompt_lengths, features=out.captured)
-        return SpecState(
+        return constrain_rows(SpecState(
             cache=out.cache,
             proposer_state=self.proposer.init(proposer_params, prefilled, self.cache_size),
             history=history,
@@ -120,7 +122,7 @@ class SpecDecoder:
             accepted=jnp.full((batch, self.generation.max_new_tokens), -1, jnp.int32),
             verified_depth=jnp.zeros((batch, self.generation.max_new_tokens), jnp.int32),
             confidence=jnp.full((batch, self.generation.max_new_tokens, self.template.depth), jnp.nan, jnp.float32),
-        )
+        ), self.placement)
 
     def _is_stop(self, tokens: jax.Array) -> jax.Array:
         return jnp.isin(tokens, jnp.asarray(self.generation.stop_tokens or (-1,), jnp.int32))
@@ -174,7 +176,7 @@ class SpecDecoder:
         confidence = state.confidence
         if draft.confidence is not None:
             confidence = confidence.at[:, state.steps].set(draft.confidence.astype(jnp.float32), mode="drop")
-        return SpecState(
+        return constrain_rows(SpecState(
             cache=cache,
             proposer_state=self.proposer.update(proposer_params, proposer_state, verified),
             history=history,
@@ -186,7 +188,7 @@ class SpecDecoder:
             accepted=accepted,
             verified_depth=verified_depth,
             confidence=confidence,
-        )
+        ), self.placement)
 
     def _verify(self, params: TransformerParams, state: SpecState, node_tokens: jax.Array,
                 anchor_position: jax.Array, verify_depth: jax.Array | None) -> tuple[KVCache, jax.Array, jax.Array]:
@@ -410,6 +412,7 @@ def _decoder(params: TransformerParams, config: ModelConfig, prompts: Sequence[S
              generation: GenerationConfig, method: SpeculativeMethod, seed: int):
     """(decoder, padded prompts, lengths, key) for `method`, its scheduler profiled when it asks for one."""
     decoder, prompt, lengths = prepare(config, prompts, generation, method.proposer, method.template)
+    decoder = dataclasses.replace(decoder, placement=placement_of(params))
     key = jax.random.key(seed)
     schedule = method.schedule
     if schedule == "hardware":

@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 
 from dspark_jax.atomic_file import write_atomically
@@ -25,6 +24,7 @@ from dspark_jax.command_names import DATA_FILE, RUN_FILE, STOPPED_EXIT_CODE
 from dspark_jax.drafter_kinds import DrafterKind, kind_named, save_drafter
 from dspark_jax.models.draft_vocab import most_frequent_tokens
 from dspark_jax.models.drafter_config import DrafterConfig, fused_layers
+from dspark_jax.models.sharding import Placement, ShardingRules, make_mesh, place_state
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.target import describe_target, load_target
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
@@ -48,6 +48,23 @@ def _require_positive(args: argparse.Namespace, *flags: str) -> None:
             raise ValueError(f"{flag} must be >= 1, got {value}")
 
 
+def _placement(args: argparse.Namespace) -> Placement | None:
+    """The mesh --mesh asks for (checked before anything loads); --fsdp splits the target's parameters and the
+    drafter's parameters and optimizer state over its data axis too."""
+    if args.mesh is None:
+        if args.fsdp:
+            raise ValueError("--fsdp splits parameters over the data axis of --mesh: pass --mesh DATAxMODEL too")
+        return None
+    rules = ShardingRules(embed="data", fsdp="data") if args.fsdp else ShardingRules()
+    return Placement(make_mesh(*args.mesh), rules)
+
+
+def _load_target(spec, placement: Placement | None):
+    if placement is None:
+        return load_target(spec, weights=TRAINING_WEIGHTS)
+    return load_target(spec, weights=TRAINING_WEIGHTS, mesh=placement.mesh, rules=placement.rules)
+
+
 def _sequences(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, loss_mask) [N, --length] of the first --max-sequences prepared sequences."""
     shards = sorted(Path(args.data).glob("sequences-*.npz"))
@@ -69,6 +86,7 @@ def prepare_data(args: argparse.Namespace) -> None:
                               args.batch_size)
     _require_positive(args, "--num-prompts", "--max-prompt-tokens", "--max-new-tokens", "--batch-size",
                       "--shard-size")
+    placement = _placement(args)
     spec = describe_target(args.target)
     _claim_directory(args.out, DATA_FILE, {"target": spec.path.name, "shard_size": args.shard_size,
                                            "max_prompt_tokens": args.max_prompt_tokens,
@@ -77,7 +95,7 @@ def prepare_data(args: argparse.Namespace) -> None:
     train_prompts, held_out = split(first_turns())
     held_out_text = "".join(json.dumps({"turns": [p]}) + "\n" for p in held_out)  # the eval format
     write_atomically(args.out / "held_out.jsonl", lambda tmp: Path(tmp).write_text(held_out_text))
-    target = load_target(spec, weights=TRAINING_WEIGHTS)
+    target = _load_target(spec, placement)
     shards = regenerate(target, train_prompts[: args.num_prompts], args.out, config)
     print(f"{len(shards)} shards of regenerated sequences in {args.out}; {len(held_out)} held-out prompts in "
           f"{args.out / 'held_out.jsonl'}")
@@ -85,14 +103,16 @@ def prepare_data(args: argparse.Namespace) -> None:
 
 def prepare_cache(args: argparse.Namespace) -> None:
     _require_positive(args, "--length", "--num-features", "--shard-size")
+    placement = _placement(args)
     tokens, loss_mask = _sequences(args)
     spec = describe_target(args.target)
     layers = fused_layers(spec.config, args.num_features)
     need = estimate_bytes(len(tokens), args.length, len(layers), spec.config.hidden_size)
     print(f"target cache: {len(tokens)} sequences x {args.length} tokens x {len(layers) + 1} x "
           f"{spec.config.hidden_size} bf16 -> {need / 2**30:.2f} GiB in {args.out}")
-    target = load_target(spec, weights=TRAINING_WEIGHTS)
-    written = write_cache(target.config, target.params, layers, tokens, loss_mask, args.out, args.shard_size)
+    target = _load_target(spec, placement)
+    written = write_cache(target.config, target.params, layers, tokens, loss_mask, args.out, args.shard_size,
+                          placement=placement)
     meta = json.dumps({"target_layers": list(layers), "length": args.length})
     write_atomically(args.out / "cache.json", lambda tmp: Path(tmp).write_text(meta))
     print(f"{len(written)} cache shards in {args.out}")
@@ -135,6 +155,9 @@ def train(args: argparse.Namespace) -> None:
     if args.num_features is not None and args.num_features < 1:
         raise ValueError(f"--num-features must be >= 1, got {args.num_features}")
     kind = kind_named(args.drafter)
+    placement = _placement(args)
+    if placement is not None:
+        placement.check_batch(args.batch_size)
     spec = describe_target(args.target)
     drafter = _drafter_config(args, kind, spec)
     layers = drafter.target_layers
@@ -170,18 +193,20 @@ def train(args: argparse.Namespace) -> None:
     drafter_settings = {"drafter": args.drafter, "target": spec.path.name, "draft_vocab": args.draft_vocab,
                         **json.loads(json.dumps(dataclasses.asdict(drafter)))}  # JSON's lists, as recorded
     _claim_directory(args.out, RUN_FILE, drafter_settings, "the checkpoints of a drafter")
-    target = load_target(spec, weights=TRAINING_WEIGHTS)
+    target = _load_target(spec, placement)
     vocab = spec.config.vocab_size
     if args.draft_vocab:
         vocab = most_frequent_tokens(tokens, loss_mask, args.draft_vocab, vocab, always=target.tokenizer.eos_ids)
     model = kind.new_drafter(drafter, vocab, args.seed)
     optimizer = make_optimizer(model, train_config)
+    if placement is not None:
+        place_state(model, optimizer, placement=placement)
     if args.cache is None:
-        steps = online_steps(model, optimizer, target.config, target.params, jnp.asarray(tokens),
-                             jnp.asarray(loss_mask), args.batch_size, train_config)
+        steps = online_steps(model, optimizer, target.config, target.params, tokens, loss_mask, args.batch_size,
+                             train_config, placement)
     else:
         steps = cached_steps(model, optimizer, target.config, target.params, cache_shards, args.batch_size,
-                             train_config, feature_index)
+                             train_config, feature_index, placement)
     reached = run_training(model, optimizer, steps, train_config, run, args.out)
     save_drafter(args.out / "drafter", model, target.config, target.params, str(spec.path.name), args.export_dtype)
     print(f"trained {reached}/{args.steps} steps; drafter exported to {args.out / 'drafter'}")

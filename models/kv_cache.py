@@ -27,6 +27,13 @@ class KVCache:
     v: jax.Array  # [L, B, S, KVH, D]
     positions: jax.Array  # [B, S] int32: position held by each slot, EMPTY_POSITION when free
 
+    @staticmethod
+    def logical_axes() -> KVCache:
+        """The cache's logical axis names (models/sharding.py): rows over the data axis, KV heads as the
+        target's k/v projections are split."""
+        kv = ("layers", "batch", "cache_slots", "kv_heads", "head_dim")
+        return KVCache(k=kv, v=kv, positions=("batch", "cache_slots"))
+
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, size: int, dtype=jnp.float32) -> KVCache:
         return cls.zeros(config.num_layers, batch, size, config.num_kv_heads, config.head_dim, dtype)

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 from conftest import TargetLoaded
@@ -166,3 +167,35 @@ def test_more_prompts_complete_the_last_shard(data, tmp_path):
     assert (out / "sequences-00000.npz").read_bytes() == first  # complete shards are kept
     with np.load(out / "sequences-00001.npz") as shard:
         assert len(shard["lengths"]) == 4  # it held prompts 4-5 of 6; now 4-7
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_mesh_writes_the_same_cache_and_takes_the_same_steps(data, tmp_path, capsys):
+    common = ["--target", TINY, "--data", str(data), "--length", "96", "--num-features", "2"]
+    for name, mesh in (("one", []), ("mesh", ["--mesh", "2x4"])):
+        cli.main(["prepare-cache", *common, "--out", str(tmp_path / f"cache-{name}"), "--shard-size", "3", *mesh])
+    one, meshed = (np.load(tmp_path / f"cache-{name}" / "shard-00000" / "features.npy").view(ml_dtypes.bfloat16)
+                   for name in ("one", "mesh"))
+    np.testing.assert_allclose(meshed.astype(np.float32), one.astype(np.float32), rtol=2**-7, atol=1e-5)
+    train = ["train", "--drafter", "dspark", *common, "--cache", str(tmp_path / "cache-one"), "--steps", "3",
+             "--batch-size", "2", "--block-size", "3", "--anchors", "3", "--rank", "8"]
+    cli.main([*train, "--out", str(tmp_path / "run-one")])
+    cli.main([*train, "--out", str(tmp_path / "run-mesh"), "--mesh", "2x4", "--fsdp"])
+    assert "trained 3/3 steps" in capsys.readouterr().out
+    np.testing.assert_allclose(_losses(tmp_path / "run-mesh"), _losses(tmp_path / "run-one"), rtol=1e-4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mesh", "4x2", "--batch-size", "6"], "--batch-size 6 does not split over the mesh's 4 data rows"),
+    (["--fsdp"], "pass --mesh DATAxMODEL too"),
+    (["--mesh", "4x4"], "a 4x4 mesh needs 16 devices but 8 are available"),
+])
+def test_a_mesh_that_cannot_hold_the_run_fails_before_loading(data, tmp_path, capsys, stop_at_load, flags, message):
+    stop_at_load(train_commands)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--drafter", "dflash", "--target", TINY, "--data", str(data), "--out", str(tmp_path),
+                  *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

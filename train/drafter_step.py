@@ -27,6 +27,7 @@ from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.draft_vocab import DraftHead
 from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
+from dspark_jax.models.sharding import Placement, constrain_state
 from dspark_jax.models.transformer import forward, logits
 from dspark_jax.sampling import argmax
 from dspark_jax.train.blocks import Blocks, at_positions, make_blocks, sample_anchors
@@ -123,7 +124,8 @@ def drafter_loss(model: nnx.Module, target: ModelConfig, params: TransformerPara
 
 def _update(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
             tokens: jax.Array, loss_mask: jax.Array, features: jax.Array, final_hidden: jax.Array, key: jax.Array,
-            config: TrainConfig, statistics: TargetStatistics | None = None) -> dict[str, jax.Array]:
+            config: TrainConfig, placement: Placement | None, statistics: TargetStatistics | None = None
+            ) -> dict[str, jax.Array]:
     anchors = sample_anchors(key, loss_mask, config.anchors_per_sequence)
     blocks = make_blocks(tokens, loss_mask, anchors, model.config.depth)
     source_hidden = at_positions(final_hidden, blocks.source)
@@ -135,23 +137,30 @@ def _update(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, pa
     (value, metrics), grads = grad_fn(model, target, params, tokens, features, source_hidden, source_statistics,
                                       blocks, config)
     optimizer.update(model, grads)
+    if placement is not None:
+        constrain_state(model, optimizer, placement=placement)
     return metrics | {"loss": value}
 
 
-@nnx.jit(static_argnames=("target", "config"))
+@nnx.jit(static_argnames=("target", "config", "placement"))
 def train_step(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
-               tokens: jax.Array, loss_mask: jax.Array, key: jax.Array, config: TrainConfig):
+               tokens: jax.Array, loss_mask: jax.Array, key: jax.Array, config: TrainConfig,
+               placement: Placement | None = None):
     """Online mode: one optimizer step on a batch of sequences (tokens, loss_mask: [B, T]), the target's
-    features computed on the fly; returns the metrics."""
+    features computed on the fly; returns the metrics. On a mesh (`placement`), the batch arrives split
+    over the data axis, the target as `shard_params` placed it, the drafter and optimizer as `place_state`
+    did, and the updated ones leave in the same layout."""
     features, final_hidden = target_features(target, params, tokens, model.config.target_layers)
-    return _update(model, optimizer, target, params, tokens, loss_mask, features, final_hidden, key, config)
+    return _update(model, optimizer, target, params, tokens, loss_mask, features, final_hidden, key, config,
+                   placement)
 
 
-@nnx.jit(static_argnames=("target", "config"))
+@nnx.jit(static_argnames=("target", "config", "placement"))
 def train_step_cached(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
                       tokens: jax.Array, loss_mask: jax.Array, features: jax.Array, final_hidden: jax.Array,
-                      statistics: TargetStatistics, key: jax.Array, config: TrainConfig):
+                      statistics: TargetStatistics, key: jax.Array, config: TrainConfig,
+                      placement: Placement | None = None):
     """Offline mode: the same step with features [K, B, T, E], final hidden [B, T, E] (bfloat16; computed in
     float32) and the target's statistics [B, T] read from the target cache."""
     return _update(model, optimizer, target, params, tokens, loss_mask, features.astype(jnp.float32),
-                   final_hidden.astype(jnp.float32), key, config, statistics)
+                   final_hidden.astype(jnp.float32), key, config, placement, statistics)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from dspark_jax.atomic_file import write_atomically
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.params import TransformerParams
+from dspark_jax.models.sharding import Placement
 from dspark_jax.train.drafter_step import TrainConfig, train_step, train_step_cached
 from dspark_jax.train.target_cache import CachedShard
 
@@ -34,14 +36,18 @@ StepFn = Callable[[jax.Array, jax.Array], tuple[dict, int]]
 
 
 def online_steps(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
-                 tokens: jax.Array, loss_mask: jax.Array, batch_size: int, train: TrainConfig) -> StepFn:
-    """Steps that sample `batch_size` sequences and compute the target's features on the fly."""
+                 tokens: np.ndarray, loss_mask: np.ndarray, batch_size: int, train: TrainConfig,
+                 placement: Placement | None = None) -> StepFn:
+    """Steps that sample `batch_size` sequences and compute the target's features on the fly; on a mesh
+    (`placement`) each batch is split over its data axis."""
     if batch_size > tokens.shape[0]:
         raise ValueError(f"batch_size {batch_size} exceeds the {tokens.shape[0]} training sequences")
+    put = (lambda a, axis=0: jnp.asarray(a)) if placement is None else placement.put_batch
 
     def step(batch_key, anchor_key):
-        rows = jax.random.choice(batch_key, tokens.shape[0], (batch_size,), replace=False)
-        metrics = train_step(model, optimizer, target, params, tokens[rows], loss_mask[rows], anchor_key, train)
+        rows = np.asarray(jax.random.choice(batch_key, tokens.shape[0], (batch_size,), replace=False))
+        metrics = train_step(model, optimizer, target, params, put(tokens[rows]), put(loss_mask[rows]), anchor_key,
+                             train, placement)
         return metrics, batch_size * tokens.shape[1]
 
     return step
@@ -49,11 +55,13 @@ def online_steps(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfi
 
 def cached_steps(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
                  shards: list[CachedShard], batch_size: int, train: TrainConfig,
-                 feature_index: tuple[int, ...] | None = None) -> StepFn:
+                 feature_index: tuple[int, ...] | None = None, placement: Placement | None = None) -> StepFn:
     """Steps that read features from the target cache: one shard per step, `batch_size` rows of it.
-    feature_index picks the drafter's layers among the cached ones (None: all, in order)."""
+    feature_index picks the drafter's layers among the cached ones (None: all, in order). On a mesh
+    (`placement`) each batch is split over its data axis."""
     if batch_size > min(len(s) for s in shards):
         raise ValueError(f"batch_size {batch_size} exceeds the rows of the smallest cache shard")
+    put = (lambda a, axis=0: a) if placement is None else placement.put_batch
 
     def step(batch_key, anchor_key):
         shard_key, row_key = jax.random.split(batch_key)
@@ -62,8 +70,9 @@ def cached_steps(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfi
         tokens, loss_mask, features, hidden, statistics = shard.batch(rows)
         if feature_index is not None:
             features = features[list(feature_index)]
-        metrics = train_step_cached(model, optimizer, target, params, tokens, loss_mask, features, hidden,
-                                    statistics, anchor_key, train)
+        statistics = jax.tree.map(put, statistics)
+        metrics = train_step_cached(model, optimizer, target, params, put(tokens), put(loss_mask), put(features, 1),
+                                    put(hidden), statistics, anchor_key, train, placement)
         return metrics, tokens.size
 
     return step

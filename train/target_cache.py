@@ -22,6 +22,7 @@ import numpy as np
 
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.params import TransformerParams
+from dspark_jax.models.sharding import Placement
 from dspark_jax.train.blocks import predicts_loss_token
 from dspark_jax.train.drafter_step import TargetStatistics, target_features, target_statistics
 
@@ -44,8 +45,11 @@ def batch_features(target: ModelConfig, layers: tuple[int, ...], params: Transfo
 
 
 def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[int, ...], tokens: np.ndarray,
-                loss_mask: np.ndarray, out_dir: Path, shard_size: int = 64, batch_size: int = 8) -> list[Path]:
-    """Writes (or completes) the shards for tokens / loss_mask [N, T]; returns the shard directories."""
+                loss_mask: np.ndarray, out_dir: Path, shard_size: int = 64, batch_size: int = 8,
+                placement: Placement | None = None) -> list[Path]:
+    """Writes (or completes) the shards for tokens / loss_mask [N, T]; returns the shard directories. On a
+    mesh (`placement`, the target placed by the same rules) each batch is split over its data axis."""
+    put = jnp.asarray if placement is None else placement.put_batch
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.tmp"):
@@ -67,8 +71,7 @@ def write_cache(target: ModelConfig, params: TransformerParams, layers: tuple[in
         features, hidden, log_normalizer, greedy = [], [], [], []
         for b in range(rows.start, min(rows.stop, len(tokens)), batch_size):
             batch = slice(b, min(b + batch_size, rows.stop))
-            f, h, stats = batch_features(target, layers, params, jnp.asarray(tokens[batch]),
-                                         jnp.asarray(loss_mask[batch]))
+            f, h, stats = batch_features(target, layers, params, put(tokens[batch]), put(loss_mask[batch]))
             features.append(np.asarray(f.astype(jnp.bfloat16)).swapaxes(0, 1))  # [n, K, T, E]
             hidden.append(np.asarray(h.astype(jnp.bfloat16)))
             log_normalizer.append(np.asarray(stats.log_normalizer, np.float32))
