@@ -19,6 +19,7 @@ from dspark_jax.command_names import (
     RUN_FILE,
     SCHEDULES,
     STOPPED_EXIT_CODE,
+    TARGET_PRESETS,
     WEIGHTS,
     WEIGHTS_HELP,
 )
@@ -34,6 +35,7 @@ COMMANDS = {
     "bench": "dspark_jax.eval_commands:bench_command",
     "calibrate": "dspark_jax.calibrate_command:calibrate_command",
     "export": "dspark_jax.export_command:export_command",
+    "plan": "dspark_jax.plan_command:plan_command",
 }
 
 
@@ -283,6 +285,23 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="dtype of the float tensors")
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="memory per device of training and generation for a large target on a mesh, "
+                                    "compiled on virtual CPU devices without weights (docs/scaling.md)")
+    p.add_argument("--target-config", required=True, choices=TARGET_PRESETS,
+                   help="a public target's architecture (models/presets.py)")
+    p.add_argument("--mesh", type=_mesh_shape, required=True, help="DATAxMODEL, e.g. 1x8")
+    p.add_argument("--fsdp", action="store_true", help="split parameters and optimizer state over DATA too")
+    p.add_argument("--train", action="store_true", help="plan the training step (default: both)")
+    p.add_argument("--generate", action="store_true", help="plan speculative generation (default: both)")
+    p.add_argument("--batch", type=int, default=8, help="sequences per step (training) or prompts (generation)")
+    p.add_argument("--length", type=int, default=1024,
+                   help="tokens per training sequence; prompt tokens and new tokens each for generation")
+    p.add_argument("--drafter", default="dspark", help="drafter kind: dspark, dflash or eagle3")
+    p.add_argument("--block-size", type=int, default=7, help="draft depth γ")
+    p.add_argument("--draft-vocab", type=int, default=32768, help="draft vocabulary size (0: the target's)")
+
+
 class _HelpWithDefaults(argparse.HelpFormatter):
     """--help shows each option's default, unless it has none or its help already says it."""
 
@@ -300,7 +319,7 @@ class _HelpWithDefaults(argparse.HelpFormatter):
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspark-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_training, _add_evaluation, _add_calibrate, _add_export):
+    for add in (_add_generate, _add_training, _add_evaluation, _add_calibrate, _add_export, _add_plan):
         add(sub)
     assert set(sub.choices) == set(COMMANDS)
     for command in sub.choices.values():

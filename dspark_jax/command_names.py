@@ -30,3 +30,4 @@ DATA_FILE = "data.json"  # how a prepare-data directory's shards are written, re
 STOPPED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 HELD_OUT = "sharegpt"  # calibrate's default prompts: ShareGPT's held-out split
 DRAFTER_FORMATS = ("deepspec", "vllm", "sglang")  # dspark_jax/interop/formats.py: FORMATS
+TARGET_PRESETS = ("qwen3-8b", "qwen3-14b", "gemma3-12b", "llama3-8b")  # models/presets.py: PRESETS

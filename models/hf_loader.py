@@ -81,6 +81,11 @@ def hf_config(path: Path) -> ModelConfig:
         raw = json.loads(config_file.read_text())
     except json.JSONDecodeError as error:
         raise ConfigError(f"{config_file} is not valid JSON: {error}") from None
+    return config_from_hf(raw, config_file)
+
+
+def config_from_hf(raw: dict[str, Any], config_file: Path | str) -> ModelConfig:
+    """The architecture a parsed transformers config.json describes; `config_file` names it in errors."""
     family, cfg = _language_model_config(raw, config_file)
     for key, what in _UNSUPPORTED_SWITCHES.items():
         if cfg.get(key):

@@ -96,9 +96,10 @@ class Placement:
         return NamedSharding(self.mesh, self.rules.fsdp_spec(array.shape, self.mesh))
 
 
-def make_mesh(data: int = 1, model: int | None = None) -> Mesh:
-    """A ('data', 'model') mesh over the devices of every process; `model` defaults to all devices left over."""
-    devices = jax.devices()
+def make_mesh(data: int = 1, model: int | None = None, devices: list | None = None) -> Mesh:
+    """A ('data', 'model') mesh over `devices` (default: the default backend's, of every process); `model`
+    defaults to all devices left over."""
+    devices = jax.devices() if devices is None else devices
     model = len(devices) // data if model is None else model
     if data * model > len(devices) or data < 1 or model < 1:
         raise ValueError(
@@ -108,6 +109,11 @@ def make_mesh(data: int = 1, model: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices[: data * model]).reshape(data, model), ("data", "model"))
 
 
+def is_logical_axes(node) -> bool:
+    """A leaf of an axes tree: a tuple of logical axis names."""
+    return isinstance(node, tuple) and all(isinstance(name, str) for name in node)
+
+
 def shard(tree, axes_tree, mesh: Mesh, rules: ShardingRules = ShardingRules()):
     """Places every array of `tree` according to the logical axes in the parallel `axes_tree`."""
     placement = Placement(mesh, rules)
@@ -115,15 +121,13 @@ def shard(tree, axes_tree, mesh: Mesh, rules: ShardingRules = ShardingRules()):
     def place(axes, array):
         return jax.device_put(array, placement.sharding(axes, array.shape))
 
-    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(name, str) for name in x)
-    return jax.tree.map(place, axes_tree, tree, is_leaf=is_axes)
+    return jax.tree.map(place, axes_tree, tree, is_leaf=is_logical_axes)
 
 
 def constrain(tree, axes_tree, placement: Placement):
     """Inside jit: every array of `tree` laid out by the logical axes in the parallel `axes_tree`."""
-    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(name, str) for name in x)
     return jax.tree.map(lambda axes, a: jax.lax.with_sharding_constraint(a, placement.sharding(axes, a.shape)),
-                        axes_tree, tree, is_leaf=is_axes)
+                        axes_tree, tree, is_leaf=is_logical_axes)
 
 
 def placement_of(params: params_lib.TransformerParams) -> Placement | None:
