@@ -144,6 +144,13 @@ def _add_mesh(p: argparse.ArgumentParser) -> None:
                         "models that do not fit one device")
 
 
+def _add_distributed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--distributed", action="store_true",
+                   help="with --mesh: join a multi-process job (jax.distributed; found under SLURM, Open MPI, TPU "
+                        "pods, else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) and shard over "
+                        "the devices of all its processes (docs/scaling.md)")
+
+
 def _add_training(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare-data", help="ShareGPT prompts answered by the target (training sequences)")
     p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
@@ -209,6 +216,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
                    help="weights of the exported drafter (float16 halves the file; loading casts back)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and anchor-sampling seed")
     _add_mesh(p)
+    _add_distributed(p)
 
 
 def _add_evaluation(sub: argparse._SubParsersAction) -> None:

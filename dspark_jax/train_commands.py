@@ -21,6 +21,7 @@ import numpy as np
 
 from dspark_jax.atomic_file import write_atomically
 from dspark_jax.command_names import DATA_FILE, RUN_FILE, STOPPED_EXIT_CODE
+from dspark_jax.distributed import join
 from dspark_jax.drafter_kinds import DrafterKind, kind_named, save_drafter
 from dspark_jax.models.draft_vocab import most_frequent_tokens
 from dspark_jax.models.drafter_config import DrafterConfig, fused_layers
@@ -49,12 +50,16 @@ def _require_positive(args: argparse.Namespace, *flags: str) -> None:
 
 
 def _placement(args: argparse.Namespace) -> Placement | None:
-    """The mesh --mesh asks for (checked before anything loads); --fsdp splits the target's parameters and the
-    drafter's parameters and optimizer state over its data axis too."""
+    """The mesh --mesh asks for (checked before anything loads), over the devices of every process of the job
+    when --distributed joins one; --fsdp splits the target's parameters and the drafter's parameters and
+    optimizer state over its data axis too."""
     if args.mesh is None:
-        if args.fsdp:
-            raise ValueError("--fsdp splits parameters over the data axis of --mesh: pass --mesh DATAxMODEL too")
+        for flag, why in (("fsdp", "splits parameters over the data axis of"), ("distributed", "shards over")):
+            if getattr(args, flag, False):
+                raise ValueError(f"--{flag} {why} --mesh: pass --mesh DATAxMODEL too")
         return None
+    if getattr(args, "distributed", False):
+        join()
     rules = ShardingRules(embed="data", fsdp="data") if args.fsdp else ShardingRules()
     return Placement(make_mesh(*args.mesh), rules)
 

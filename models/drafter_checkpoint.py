@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
@@ -35,23 +36,30 @@ FORMAT_VERSION = 3
 BuildDrafter = Callable[[str, dict, np.ndarray], nnx.Module]
 
 
+def _host(array) -> np.ndarray:
+    """The whole value of an array, also of one that spans devices of other processes (then a collective:
+    every process calls it, as every process runs the same export)."""
+    if isinstance(array, jax.Array) and not array.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(array)
+
+
 def target_fingerprint(config: ModelConfig, params: TransformerParams) -> str:
     """Identity of a target: its architecture plus a sample of its embedding (distinguishes fine-tunes)."""
     rows = jnp.arange(0, params.embed.shape[0], max(1, params.embed.shape[0] // 64))
-    sample = np.asarray(lookup(params.embed, rows)[:, :64], np.float32)
+    sample = _host(lookup(params.embed, rows)[:, :64]).astype(np.float32)
     return hashlib.sha256(repr(config).encode() + sample.tobytes()).hexdigest()[:16]
 
 
 def export_drafter(directory: Path, model: nnx.Module, kind: str, target: ModelConfig,
                    target_params: TransformerParams, target_name: str, weights_dtype: str = "float32") -> None:
     """Writes `model` (a drafter of `kind`, its dataclass config at `model.config`). weights_dtype "float16"
-    halves the file (for shipping); loading casts back to float32."""
+    halves the file (for shipping); loading casts back to float32. Across processes every one calls it
+    (the sharded arrays are gathered) and process 0 writes."""
     if weights_dtype not in ("float32", "float16"):
         raise ValueError(f"weights_dtype must be float32 or float16, got {weights_dtype!r}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     cast = lambda a: a.astype(weights_dtype) if np.issubdtype(a.dtype, np.floating) else a
-    arrays = {name: cast(np.asarray(variable.get_value())) for name, variable in _stored(model)}
+    arrays = {name: cast(_host(variable.get_value())) for name, variable in _stored(model)}
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": kind,
@@ -60,6 +68,10 @@ def export_drafter(directory: Path, model: nnx.Module, kind: str, target: ModelC
         "target": {"name": target_name, "family": target.family, "vocab_size": target.vocab_size,
                    "hidden_size": target.hidden_size, "fingerprint": target_fingerprint(target, target_params)},
     }
+    if jax.process_index() != 0:
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     write_atomically(directory / WEIGHTS, lambda tmp: save_file(arrays, tmp))
     write_atomically(directory / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
 

@@ -85,7 +85,22 @@ class Placement:
                              f"pick a multiple of {self.data_ways}")
 
     def put_batch(self, array, axis: int = 0) -> jax.Array:
-        return jax.device_put(array, self.batch_sharding(np.shape(array), axis))
+        """A batch every process holds whole, split over the data axis."""
+        return put(array, self.batch_sharding(np.shape(array), axis))
+
+    def local_rows(self, rows: int) -> slice:
+        """The rows of a batch of `rows` that this process's devices hold (all of them in one process): what
+        it reads of the data, for `put_local_batch`."""
+        indices = self.batch_sharding((rows,)).addressable_devices_indices_map((rows,)).values()
+        starts = [index[0].indices(rows) for index in indices]
+        return slice(min(start for start, _, _ in starts), max(stop for _, stop, _ in starts))
+
+    def put_local_batch(self, local, rows: int, axis: int = 0) -> jax.Array:
+        """The global batch of `rows` rows from this process's `local_rows` of it (along `axis`)."""
+        shape = list(np.shape(local))
+        shape[axis] = rows
+        return jax.make_array_from_process_local_data(self.batch_sharding(tuple(shape), axis), np.asarray(local),
+                                                      tuple(shape))
 
     def constrain_batch(self, array: jax.Array, axis: int = 0) -> jax.Array:
         """Inside jit: the array's rows stay split over the data axis (a hint where XLA's propagation
@@ -109,6 +124,15 @@ def make_mesh(data: int = 1, model: int | None = None, devices: list | None = No
     return Mesh(np.asarray(devices[: data * model]).reshape(data, model), ("data", "model"))
 
 
+def put(array, sharding: NamedSharding) -> jax.Array:
+    """`array` (the same value in every process) placed by `sharding`; across processes each one transfers
+    only the pieces its own devices hold."""
+    if jax.process_count() == 1:
+        return jax.device_put(array, sharding)
+    host = np.asarray(array)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def is_logical_axes(node) -> bool:
     """A leaf of an axes tree: a tuple of logical axis names."""
     return isinstance(node, tuple) and all(isinstance(name, str) for name in node)
@@ -119,7 +143,7 @@ def shard(tree, axes_tree, mesh: Mesh, rules: ShardingRules = ShardingRules()):
     placement = Placement(mesh, rules)
 
     def place(axes, array):
-        return jax.device_put(array, placement.sharding(axes, array.shape))
+        return put(array, placement.sharding(axes, array.shape))
 
     return jax.tree.map(place, axes_tree, tree, is_leaf=is_logical_axes)
 
@@ -164,7 +188,7 @@ def place_state(*modules: nnx.Module, placement: Placement) -> None:
     """Moves every array of the modules (a drafter, its optimizer) onto the mesh: FSDP or replicated."""
     for module in modules:
         state = nnx.state(module)
-        nnx.update(module, jax.tree.map(lambda a: jax.device_put(a, placement.state_sharding(a)), state))
+        nnx.update(module, jax.tree.map(lambda a: put(a, placement.state_sharding(a)), state))
 
 
 def constrain_state(*modules: nnx.Module, placement: Placement) -> None:

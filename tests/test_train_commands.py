@@ -190,7 +190,8 @@ def test_a_mesh_writes_the_same_cache_and_takes_the_same_steps(data, tmp_path, c
 
 @pytest.mark.parametrize("flags, message", [
     (["--mesh", "4x2", "--batch-size", "6"], "--batch-size 6 does not split over the mesh's 4 data rows"),
-    (["--fsdp"], "pass --mesh DATAxMODEL too"),
+    (["--fsdp"], "--fsdp splits parameters over the data axis of --mesh: pass --mesh DATAxMODEL too"),
+    (["--distributed"], "--distributed shards over --mesh: pass --mesh DATAxMODEL too"),
     (["--mesh", "4x4"], "a 4x4 mesh needs 16 devices but 8 are available"),
 ])
 def test_a_mesh_that_cannot_hold_the_run_fails_before_loading(data, tmp_path, capsys, stop_at_load, flags, message):

@@ -6,12 +6,17 @@ out bit-identical. Checkpoints are written every `checkpoint_every` steps, at th
 arrives (the run then stops cleanly after the current step). Orbax writes each checkpoint into a temporary
 directory and renames it, so a kill mid-write leaves the previous checkpoint intact. Metrics go to
 `metrics.jsonl`, one line per step; on resume, lines past the checkpoint are dropped first.
+
+Across processes (`jax.distributed`) every process runs the same loop and draws the same batch keys; each
+reads its own rows of a batch, all write their pieces of each checkpoint (orbax coordinates them), and
+process 0 alone writes the log.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -35,17 +40,26 @@ from dspark_jax.train.target_cache import CachedShard
 StepFn = Callable[[jax.Array, jax.Array], tuple[dict, int]]
 
 
+def _local_part(placement: Placement | None, batch_size: int):
+    """(the part of a batch's row list this process reads, the function that makes a global array of a
+    batch from this process's rows of it, with the batch along `axis`)."""
+    if placement is None:
+        return slice(None), lambda array, axis=0: jnp.asarray(array)
+    return (placement.local_rows(batch_size),
+            lambda array, axis=0: placement.put_local_batch(array, batch_size, axis))
+
+
 def online_steps(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfig, params: TransformerParams,
                  tokens: np.ndarray, loss_mask: np.ndarray, batch_size: int, train: TrainConfig,
                  placement: Placement | None = None) -> StepFn:
     """Steps that sample `batch_size` sequences and compute the target's features on the fly; on a mesh
-    (`placement`) each batch is split over its data axis."""
+    (`placement`) each batch is split over its data axis, each process reading only its own rows."""
     if batch_size > tokens.shape[0]:
         raise ValueError(f"batch_size {batch_size} exceeds the {tokens.shape[0]} training sequences")
-    put = (lambda a, axis=0: jnp.asarray(a)) if placement is None else placement.put_batch
+    mine, put = _local_part(placement, batch_size)
 
     def step(batch_key, anchor_key):
-        rows = np.asarray(jax.random.choice(batch_key, tokens.shape[0], (batch_size,), replace=False))
+        rows = np.asarray(jax.random.choice(batch_key, tokens.shape[0], (batch_size,), replace=False))[mine]
         metrics = train_step(model, optimizer, target, params, put(tokens[rows]), put(loss_mask[rows]), anchor_key,
                              train, placement)
         return metrics, batch_size * tokens.shape[1]
@@ -58,22 +72,22 @@ def cached_steps(model: nnx.Module, optimizer: nnx.Optimizer, target: ModelConfi
                  feature_index: tuple[int, ...] | None = None, placement: Placement | None = None) -> StepFn:
     """Steps that read features from the target cache: one shard per step, `batch_size` rows of it.
     feature_index picks the drafter's layers among the cached ones (None: all, in order). On a mesh
-    (`placement`) each batch is split over its data axis."""
+    (`placement`) each batch is split over its data axis, each process reading only its own rows."""
     if batch_size > min(len(s) for s in shards):
         raise ValueError(f"batch_size {batch_size} exceeds the rows of the smallest cache shard")
-    put = (lambda a, axis=0: a) if placement is None else placement.put_batch
+    mine, put = _local_part(placement, batch_size)
 
     def step(batch_key, anchor_key):
         shard_key, row_key = jax.random.split(batch_key)
         shard = shards[int(jax.random.randint(shard_key, (), 0, len(shards)))]
         rows = np.sort(np.asarray(jax.random.choice(row_key, len(shard), (batch_size,), replace=False)))
-        tokens, loss_mask, features, hidden, statistics = shard.batch(rows)
+        tokens, loss_mask, features, hidden, statistics = shard.batch(rows[mine])
         if feature_index is not None:
             features = features[list(feature_index)]
         statistics = jax.tree.map(put, statistics)
         metrics = train_step_cached(model, optimizer, target, params, put(tokens), put(loss_mask), put(features, 1),
                                     put(hidden), statistics, anchor_key, train, placement)
-        return metrics, tokens.size
+        return metrics, batch_size * tokens.shape[1]
 
     return step
 
@@ -110,7 +124,9 @@ def run_training(model: nnx.Module, optimizer: nnx.Optimizer, take_step: StepFn,
         nnx.update(model, restored["model"])
         nnx.update(optimizer, restored["optimizer"])
     log_path = out_dir / "metrics.jsonl"
-    _truncate_log(log_path, start)
+    primary = jax.process_index() == 0  # across processes, one writes the log (all write checkpoints)
+    if primary:
+        _truncate_log(log_path, start)
 
     def save(step: int) -> None:
         manager.save(step, args=ocp.args.StandardSave({"model": nnx.state(model), "optimizer": nnx.state(optimizer)}))
@@ -120,8 +136,9 @@ def run_training(model: nnx.Module, optimizer: nnx.Optimizer, take_step: StepFn,
     base_key = jax.random.key(run.seed)
     step = start
     try:
-        with log_path.open("a") as log, tqdm(total=train.total_steps, initial=start, disable=not run.progress,
-                                             desc="train", unit="step") as bar:
+        with open(log_path if primary else os.devnull, "a") as log, tqdm(
+                total=train.total_steps, initial=start, disable=not (run.progress and primary), desc="train",
+                unit="step") as bar:
             while step < train.total_steps and not stop_requested:
                 began = time.perf_counter()
                 metrics, tokens_per_step = take_step(*jax.random.split(jax.random.fold_in(base_key, step)))
