@@ -242,6 +242,11 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated decoding temperatures")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens decoded per prompt")
     p.add_argument("--output", type=Path, default=None, help="also write the rows as JSON here")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="also draw total tokens/s against per-row tokens/s over the batch sizes (a PNG), e.g. with "
+                        "--batch-sizes 1,2,4,8,16,32,64")
+    p.add_argument("--mesh", type=_mesh_shape, default=None,
+                   help="DATAxMODEL device mesh: rows over DATA, the target over MODEL (default: one device)")
 
 
 def _evaluation_common(p: argparse.ArgumentParser) -> None:

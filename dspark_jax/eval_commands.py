@@ -15,8 +15,9 @@ from pathlib import Path
 
 from dspark_jax.atomic_file import write_atomically
 from dspark_jax.drafter_choice import resolve_drafter
-from dspark_jax.eval_report import write_report
+from dspark_jax.eval_report import throughput_plot, write_report
 from dspark_jax.evaluation import EvalConfig, Evaluator, benchmark, load_tasks
+from dspark_jax.models.sharding import make_mesh
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.speculative import SpeculativeMethod
 from dspark_jax.target import describe_target, load_target, resolve_weights
@@ -73,15 +74,20 @@ def bench_command(args: argparse.Namespace) -> None:
         raise ValueError(f"task {task.name} has {len(task.prompts)} prompts, fewer than batch {max(args.batch_sizes)}")
     spec = describe_target(args.target)
     choices = _methods(args, spec, args.temperatures)
-    weights = resolve_weights(args.weights, spec, step_tokens=_step_tokens(choices, max(args.batch_sizes)))
-    target = load_target(spec, weights=weights)
+    mesh = make_mesh(*args.mesh) if args.mesh else None
+    weights = resolve_weights(args.weights, spec, mesh=mesh, step_tokens=_step_tokens(choices, max(args.batch_sizes)))
+    target = load_target(spec, weights=weights, mesh=mesh)
     rows = benchmark(target, _build(choices, target), task, args.batch_sizes, args.temperatures, args.max_new_tokens)
     names = [c.name for c in choices]
-    print("| T | batch | AR tok/s | " + " | ".join(f"{n} tok/s (x AR, tau)" for n in names) + " |")
+    print("| T | batch | AR tok/s (per row) | " + " | ".join(f"{n} tok/s (per row; x AR, tau)" for n in names) + " |")
     print("|---|---|---|" + "---|" * len(names))
     for row in rows:
-        cells = [f"{row[n]['tokens_per_s']:.1f} ({row[n]['speedup']:.2f}x, {row[n]['tau']:.2f})" for n in names]
-        print(f"| {row['temperature']:g} | {row['batch_size']} | {row['autoregressive']:.1f} | " + " | ".join(cells)
-              + " |")
+        cells = [f"{row[n]['tokens_per_s']:.1f} ({row[n]['tokens_per_s_per_row']:.1f}; {row[n]['speedup']:.2f}x, "
+                 f"{row[n]['tau']:.2f})" for n in names]
+        print(f"| {row['temperature']:g} | {row['batch_size']} | {row['autoregressive']:.1f} "
+              f"({row['autoregressive_per_row']:.1f}) | " + " | ".join(cells) + " |")
     if args.output is not None:
         write_atomically(args.output, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))
+    if args.plot is not None:
+        throughput_plot(rows, names, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)

@@ -152,6 +152,30 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
     return written
 
 
+def throughput_plot(rows: list[dict], methods: list[str], path: Path) -> Path:
+    """`bench`'s rows as the paper's throughput figure: total tokens/s against the per-row (per-user) speed,
+    one line per method through the batch sizes, one panel per temperature."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temperatures = sorted({row["temperature"] for row in rows})
+    fig, axes = plt.subplots(1, len(temperatures), figsize=(6 * len(temperatures), 4.5), squeeze=False)
+    for ax, temperature in zip(axes[0], temperatures):
+        at = sorted((row for row in rows if row["temperature"] == temperature), key=lambda row: row["batch_size"])
+        lines = [("autoregressive", [(r["autoregressive_per_row"], r["autoregressive"]) for r in at])]
+        lines += [(m, [(r[m]["tokens_per_s_per_row"], r[m]["tokens_per_s"]) for r in at]) for m in methods]
+        for name, points in lines:
+            ax.plot(*zip(*points), marker="o", label=name)
+        for row, (x, y) in zip(at, lines[0][1]):
+            ax.annotate(f"b={row['batch_size']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set(xlabel="per-row tokens/s (one user's speed)", ylabel="total tokens/s (throughput)",
+               title=f"Throughput vs per-user speed, T = {temperature:g}")
+        ax.legend()
+    return _save(fig, Path(path))
+
+
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 

@@ -74,7 +74,7 @@ def test_eval_sampling_runs_the_greedy_check(drafter_dir, tmp_path):
 
 def test_bench_prints_the_grid(drafter_dir, tmp_path, capsys):
     cli.main(["bench", "--target", TINY, "--drafter", str(drafter_dir), "--batch-sizes", "1,2", "--temperatures", "0",
-              "--max-new-tokens", "6", "--output", str(tmp_path / "bench.json")])
+              "--max-new-tokens", "6", "--output", str(tmp_path / "bench.json"), "--plot", str(tmp_path / "tp.png")])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 |")]
     rows = json.loads((tmp_path / "bench.json").read_text())
     assert [r["batch_size"] for r in rows] == [1, 2]
@@ -82,8 +82,11 @@ def test_bench_prints_the_grid(drafter_dir, tmp_path, capsys):
         drafted = row["tiny-dspark"]
         assert drafted["speedup"] == pytest.approx(drafted["tokens_per_s"] / row["autoregressive"])
         assert 1.0 <= drafted["tau"] <= 4  # block size 3 plus the bonus token
-        assert line == (f"| 0 | {row['batch_size']} | {row['autoregressive']:.1f} | {drafted['tokens_per_s']:.1f} "
-                        f"({drafted['speedup']:.2f}x, {drafted['tau']:.2f}) |")
+        assert drafted["tokens_per_s_per_row"] == pytest.approx(drafted["tokens_per_s"] / row["batch_size"])
+        assert line == (f"| 0 | {row['batch_size']} | {row['autoregressive']:.1f} "
+                        f"({row['autoregressive_per_row']:.1f}) | {drafted['tokens_per_s']:.1f} "
+                        f"({drafted['tokens_per_s_per_row']:.1f}; {drafted['speedup']:.2f}x, {drafted['tau']:.2f}) |")
+    assert (tmp_path / "tp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -191,3 +194,12 @@ def test_merged_stats_drop_the_rows_that_fill_the_last_batch():
     assert merged.accepted.tolist() == [[2, 0, -1], [1, -1, -1], [0, 1, 1]]
     assert merged.confidence.shape == (3, 3, 2) and np.isnan(merged.confidence[0, 2]).all()
     assert merged.tau == np.mean([3, 1, 2, 1, 2, 2]) and merged.decode_seconds == 4.0
+
+
+def test_bench_on_a_mesh_drafts_as_on_one_device(drafter_dir, tmp_path, capsys):
+    runs = {}
+    for name, mesh in (("one", []), ("mesh", ["--mesh", "2x4"])):
+        cli.main(["bench", "--target", TINY, "--drafter", str(drafter_dir), "--batch-sizes", "2", "--temperatures",
+                  "0", "--max-new-tokens", "6", "--output", str(tmp_path / f"{name}.json"), *mesh])
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())[0]["tiny-dspark"]
+    assert runs["mesh"]["tau"] == runs["one"]["tau"]
