@@ -22,6 +22,7 @@ from dspark_jax import drafter_files
 from dspark_jax.drafter_kinds import KINDS, drafter_proposer, stored_config
 from dspark_jax.drafters import TARGET_FILE, shipped_drafter
 from dspark_jax.models.drafter_calibration import DrafterCalibration
+from dspark_jax.models.sharding import place_proposer, placement_of
 from dspark_jax.proposers.draft_model import DraftModelProposer
 from dspark_jax.proposers.hybrid import HybridProposer
 from dspark_jax.proposers.ngram import NgramProposer
@@ -73,8 +74,12 @@ class DrafterChoice:
         return dataclasses.replace(self, name=f"{self.name}+scheduler", schedule=schedule)
 
     def method(self, target: Target) -> SpeculativeMethod:
-        """The speculative method for the loaded target (loads the drafter's weights)."""
+        """The speculative method for the loaded target (loads the drafter's weights), on its mesh if it
+        has one."""
         proposer, params = self.build(target)
+        placement = placement_of(target.params)
+        if placement is not None:
+            params = place_proposer(params, placement)
         return SpeculativeMethod(proposer, params, self.template, self.schedule, self.calibration, self.name)
 
 

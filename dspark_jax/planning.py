@@ -121,7 +121,7 @@ def plan_generation(target: ModelConfig, kind: DrafterKind, drafter: DrafterConf
         built["proposer"], drafted = drafter_proposer(target, kind.new_drafter(drafter, np.arange(draft_vocab)), params)
         return drafted
 
-    drafted = _placed(jax.eval_shape(proposer_params, params), placement.state_sharding)
+    drafted = _placed(jax.eval_shape(proposer_params, params), placement.drafter_sharding)
     drafted = dataclasses.replace(drafted, target=params)  # the engine reads the target's own (sharded) weights
     template = TreeTemplate(1, drafter.depth)
     generation = GenerationConfig(max_new_tokens=length, min_prompt_width=length)

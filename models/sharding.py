@@ -38,7 +38,8 @@ class ShardingRules:
     embed: str | None = None  # "data": the target's parameters FSDP over the data axis as well
     head_dim: str | None = None
     batch: str | None = "data"
-    fsdp: str | None = None  # the axis drafter parameters and optimizer state are split over
+    fsdp: str | None = None  # training: the axis drafter parameters and optimizer state are split over
+    drafter: str | None = "model"  # decoding: the axis a drafter's matrices are split over, as the target's
 
     def spec(self, axes: Axes, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
         names = []
@@ -48,16 +49,16 @@ class ShardingRules:
             names.append(mesh_axis if fits else None)
         return PartitionSpec(*names)
 
-    def fsdp_spec(self, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-        """The largest dimension of a matrix (or larger) that the FSDP axis divides goes over it."""
-        if self.fsdp is None or len(shape) < 2:
+    def largest_dimension_spec(self, shape: tuple[int, ...], mesh: Mesh, mesh_axis: str | None) -> PartitionSpec:
+        """The largest dimension of a matrix (or larger) that `mesh_axis` divides goes over it; vectors and
+        scalars are replicated. How arrays without logical names (a drafter's) are split."""
+        if mesh_axis is None or len(shape) < 2:
             return PartitionSpec()
-        ways = mesh.shape[self.fsdp]
-        divisible = [i for i, size in enumerate(shape) if size % ways == 0]
+        divisible = [i for i, size in enumerate(shape) if size % mesh.shape[mesh_axis] == 0]
         if not divisible:
             return PartitionSpec()
         split = max(divisible, key=lambda i: shape[i])
-        return PartitionSpec(*(self.fsdp if i == split else None for i in range(len(shape))))
+        return PartitionSpec(*(mesh_axis if i == split else None for i in range(len(shape))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,12 @@ class Placement:
         return jax.lax.with_sharding_constraint(array, self.batch_sharding(array.shape, axis))
 
     def state_sharding(self, array: jax.Array) -> NamedSharding:
-        return NamedSharding(self.mesh, self.rules.fsdp_spec(array.shape, self.mesh))
+        """Training: a drafter's or optimizer's array, FSDP over `rules.fsdp` (or replicated)."""
+        return NamedSharding(self.mesh, self.rules.largest_dimension_spec(array.shape, self.mesh, self.rules.fsdp))
+
+    def drafter_sharding(self, array: jax.Array) -> NamedSharding:
+        """Decoding: a drafter's array split over `rules.drafter`, beside the tensor-parallel target."""
+        return NamedSharding(self.mesh, self.rules.largest_dimension_spec(array.shape, self.mesh, self.rules.drafter))
 
 
 def make_mesh(data: int = 1, model: int | None = None, devices: list | None = None) -> Mesh:
@@ -189,6 +195,18 @@ def place_state(*modules: nnx.Module, placement: Placement) -> None:
     for module in modules:
         state = nnx.state(module)
         nnx.update(module, jax.tree.map(lambda a: put(a, placement.state_sharding(a)), state))
+
+
+def place_proposer(proposer_params, placement: Placement):
+    """A proposer's parameters on the target's mesh: arrays already on it (the target's own weights, which
+    proposers read) stay, the drafter's are split by `Placement.drafter_sharding`."""
+    def place(array):
+        sharding = getattr(array, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == placement.mesh:
+            return array
+        return put(array, placement.drafter_sharding(array))
+
+    return jax.tree.map(place, proposer_params)
 
 
 def constrain_state(*modules: nnx.Module, placement: Placement) -> None:
