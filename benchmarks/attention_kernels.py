@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import median_seconds
 
 from dspark_jax.kernels import attention, attention_reference, decode_attention, verify_attention
 
@@ -29,26 +28,17 @@ HEADS, KV_HEADS, HEAD_DIM = 4, 1, 256  # Gemma 3 270M
 SCALE = HEAD_DIM**-0.5
 
 
-def operands(batch: int, tokens: int, slots: int) -> tuple[jax.Array, ...]:
+def operands(batch: int, tokens: int, slots: int, heads: int = HEADS, kv_heads: int = KV_HEADS,
+             head_dim: int = HEAD_DIM) -> tuple[jax.Array, ...]:
     """q [B, T, H, D], k/v [B, S, KVH, D] in bfloat16 and a verify-step mask bool[B, T, S]."""
     kq, kk, kv = jax.random.split(jax.random.key(0), 3)
-    q = jax.random.normal(kq, (batch, tokens, HEADS, HEAD_DIM), jnp.bfloat16)
-    k = jax.random.normal(kk, (batch, slots, KV_HEADS, HEAD_DIM), jnp.bfloat16)
-    v = jax.random.normal(kv, (batch, slots, KV_HEADS, HEAD_DIM), jnp.bfloat16)
+    q = jax.random.normal(kq, (batch, tokens, heads, head_dim), jnp.bfloat16)
+    k = jax.random.normal(kk, (batch, slots, kv_heads, head_dim), jnp.bfloat16)
+    v = jax.random.normal(kv, (batch, slots, kv_heads, head_dim), jnp.bfloat16)
     prefix = 3 * slots // 4
     slot, token = np.arange(slots), np.arange(tokens)
     mask = (slot[None, :] < prefix) | ((slot[None, :] >= prefix) & (slot[None, :] - prefix <= token[:, None]))
     return q, k, v, jnp.broadcast_to(jnp.asarray(mask), (batch, tokens, slots))
-
-
-def median_seconds(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -27,6 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tiny_models, for --tiny
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling benchmarks, also when imported
+
+from attention_kernels import operands  # noqa: E402
+from timing import best_ms, median_seconds  # noqa: E402
 
 from dspark_jax import generate, speculative  # noqa: E402
 from dspark_jax.drafter_kinds import drafter_proposer, new_drafter  # noqa: E402
@@ -52,26 +54,6 @@ FULL = Shapes(32, 8, 128, (2048, 8192), (1, 8), (1, 8), verify_attention.DEFAULT
 TINY = Shapes(4, 2, 64, (256,), (1,), (1, 8), 128)
 
 
-def median_us(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
-
-
-def operands(shapes: Shapes, batch: int, tokens: int, slots: int):
-    kq, kk, kv = jax.random.split(jax.random.key(0), 3)
-    q = jax.random.normal(kq, (batch, tokens, shapes.heads, shapes.head_dim), jnp.bfloat16)
-    k = jax.random.normal(kk, (batch, slots, shapes.kv_heads, shapes.head_dim), jnp.bfloat16)
-    v = jax.random.normal(kv, (batch, slots, shapes.kv_heads, shapes.head_dim), jnp.bfloat16)
-    prefix, slot, token = 3 * slots // 4, np.arange(slots), np.arange(tokens)
-    mask = (slot[None, :] < prefix) | ((slot[None, :] >= prefix) & (slot[None, :] - prefix <= token[:, None]))
-    return q, k, v, jnp.broadcast_to(jnp.asarray(mask), (batch, tokens, slots))
-
-
 def kernel_rows(shapes: Shapes, interpret: bool, repeats: int) -> list[tuple[str, str, str, str]]:
     scale = shapes.head_dim**-0.5
     reference = jax.jit(lambda q, k, v, m: attention_reference.attention(q, k, v, m, scale=scale))
@@ -79,17 +61,17 @@ def kernel_rows(shapes: Shapes, interpret: bool, repeats: int) -> list[tuple[str
     for batch in shapes.batches:
         for tokens in shapes.tokens:
             for slots in shapes.slots:
-                q, k, v, mask = operands(shapes, batch, tokens, slots)
+                q, k, v, mask = operands(batch, tokens, slots, shapes.heads, shapes.kv_heads, shapes.head_dim)
                 module = decode_attention if tokens == 1 else verify_attention
                 kernel = jax.jit(lambda q, k, v, m, module=module: module.attention(
                     q, k, v, m, scale=scale, block_s=shapes.block_s, interpret=interpret))
                 expected = attention_reference.attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask,
                                                          scale=scale)
                 name = f"attention {'decode' if tokens == 1 else 'verify'} B={batch} T={tokens} S={slots}"
-                xla = median_us(reference, (q, k, v, mask), repeats)
+                xla = median_seconds(reference, (q, k, v, mask), repeats) * 1e6
                 try:  # one failing kernel must not cost the rest of a rare GPU run
                     error = float(jnp.abs(kernel(q, k, v, mask).astype(jnp.float32) - expected).max())
-                    pallas = median_us(kernel, (q, k, v, mask), repeats)
+                    pallas = median_seconds(kernel, (q, k, v, mask), repeats) * 1e6
                 except Exception as failure:  # noqa: BLE001
                     rows.append((name, f"{xla:.1f} us", "failed", f"{type(failure).__name__}: {failure}"[:160]))
                     continue
@@ -108,16 +90,6 @@ def random_params(config, key: jax.Array, dtype=jnp.bfloat16):
         return params_from_arrays(config, arrays, dtype)
 
     return jax.jit(draw)()
-
-
-def best_ms(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times) * 1000
 
 
 def step_rows(config, batches: tuple[int, ...], prompt: int, repeats: int) -> list[tuple[str, str, str, str]]:
@@ -149,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str, str]]:
     parser.add_argument("--prompt", type=int, default=1024, help="prompt tokens per row of the step rows")
     args = parser.parse_args(argv)
     shapes = TINY if args.tiny else FULL
-    q, k, v, _ = operands(shapes, 1, 1, shapes.slots[0])
+    q, k, v, _ = operands(1, 1, shapes.slots[0], shapes.heads, shapes.kv_heads, shapes.head_dim)
     reason = attention.kernel_unavailable_reason(q, k, v)
     if reason is not None and not args.tiny:
         sys.exit(f"no GPU kernels here ({reason}): run on an H100/H200, or pass --tiny")

@@ -1,5 +1,6 @@
 """Shared timing for the benchmark scripts (run as `python benchmarks/<name>.py`, so importable as `timing`)."""
 
+import statistics
 import time
 
 import jax
@@ -19,3 +20,14 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
 
 def best_ms(fn, repeats: int = 10) -> float:
     return 1000 * best_time(fn, repeats)[0]
+
+
+def median_seconds(fn, args, repeats: int) -> float:
+    """Median wall seconds of `repeats` calls of fn(*args), after one untimed call that compiles."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -21,9 +21,6 @@ def plan_command(args: argparse.Namespace) -> None:
     data, model = args.mesh
     if args.batch < 1 or args.length < 1:
         raise ValueError(f"--batch and --length must be >= 1, got {args.batch} and {args.length}")
-    if args.batch % data:
-        raise ValueError(f"--batch {args.batch} does not split over the mesh's {data} data rows: pick a multiple "
-                         f"of {data}")
     try:
         jax.config.update("jax_num_cpu_devices", data * model)
     except RuntimeError:
@@ -39,6 +36,7 @@ def plan_command(args: argparse.Namespace) -> None:
     draft_vocab = min(args.draft_vocab or target.vocab_size, target.vocab_size)
     rules = ShardingRules(embed="data", fsdp="data") if args.fsdp else ShardingRules()
     placement = Placement(make_mesh(data, model, jax.devices("cpu")), rules)
+    placement.check_batch(args.batch, "--batch")
     steps = [step for step, wanted in (("train", args.train), ("generate", args.generate)) if wanted]
     plans = []
     for step in steps or ("train", "generate"):

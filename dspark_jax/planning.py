@@ -83,8 +83,8 @@ def _replicated_key(placement: Placement) -> jax.ShapeDtypeStruct:
 def plan_training(target: ModelConfig, kind: DrafterKind, drafter: DrafterConfig, draft_vocab: int,
                   placement: Placement, batch: int, length: int, dtype=jnp.bfloat16,
                   train: TrainConfig = TrainConfig()) -> MemoryPlan:
-    """One online training step (target features on the fly, drafter update) compiled for the mesh."""
-    placement.check_batch(batch, "--batch")
+    """One online training step (target features on the fly, drafter update) compiled for the mesh; `batch`
+    a multiple of the data axis (`Placement.check_batch`)."""
     params = abstract_target(target, placement, dtype)
     vocab = np.arange(draft_vocab)
 

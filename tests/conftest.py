@@ -1,6 +1,8 @@
 """Test-wide set-up: 8 virtual CPU devices (for the sharding tests) before any JAX backend starts, and
 compiled code released after every test module."""
 
+from pathlib import Path
+
 import jax
 import pytest
 
@@ -27,3 +29,18 @@ def stop_at_load(monkeypatch):
             raise TargetLoaded
         monkeypatch.setattr(module, "load_target", stop)
     return patch
+
+
+TINY = str(Path(__file__).parent / "data" / "tiny" / "gemma3")  # a tiny random Gemma 3 checkpoint directory
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A prepare-data directory of 6 conversations (2 shards) answered by the tiny target; copy it before
+    writing into it."""
+    from dspark_jax import cli
+
+    out = tmp_path_factory.mktemp("data")
+    cli.main(["prepare-data", "--target", TINY, "--out", str(out), "--num-prompts", "6", "--max-prompt-tokens",
+              "80", "--max-new-tokens", "8", "--shard-size", "4", "--batch-size", "3"])
+    return out

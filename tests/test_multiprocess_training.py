@@ -10,21 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 from safetensors.numpy import load_file
 
 from dspark_jax import cli
 
-TINY = str(Path(__file__).parent / "data" / "tiny" / "gemma3")
 WORKER = str(Path(__file__).parent / "multiprocess_worker.py")
 TIMEOUT_S = 120  # a hung collective fails the test instead of the suite
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    cli.main(["prepare-data", "--target", TINY, "--out", str(out), "--num-prompts", "6", "--max-prompt-tokens",
-              "80", "--max-new-tokens", "8", "--shard-size", "4", "--batch-size", "3"])
-    return out
 
 
 def _free_port() -> int:

@@ -7,19 +7,9 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import TargetLoaded
+from conftest import TINY, TargetLoaded
 
 from dspark_jax import cli, train_commands
-
-TINY = str(Path(__file__).parent / "data" / "tiny" / "gemma3")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    cli.main(["prepare-data", "--target", TINY, "--out", str(out), "--num-prompts", "6", "--max-prompt-tokens",
-              "80", "--max-new-tokens", "8", "--shard-size", "4", "--batch-size", "3"])
-    return out
 
 
 def test_prepared_data(data):
