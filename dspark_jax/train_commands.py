@@ -112,13 +112,13 @@ def prepare_cache(args: argparse.Namespace) -> None:
     tokens, loss_mask = _sequences(args)
     spec = describe_target(args.target)
     layers = fused_layers(spec.config, args.num_features)
-    need = estimate_bytes(len(tokens), args.length, len(layers), spec.config.hidden_size)
+    need = estimate_bytes(len(tokens), args.length, len(layers), spec.config.hidden_size, args.feature_dtype)
     print(f"target cache: {len(tokens)} sequences x {args.length} tokens x {len(layers) + 1} x "
-          f"{spec.config.hidden_size} bf16 -> {need / 2**30:.2f} GiB in {args.out}")
+          f"{spec.config.hidden_size} {args.feature_dtype} -> {need / 2**30:.2f} GiB in {args.out}")
     target = _load_target(spec, placement)
     written = write_cache(target.config, target.params, layers, tokens, loss_mask, args.out, args.shard_size,
-                          placement=placement)
-    meta = json.dumps({"target_layers": list(layers), "length": args.length})
+                          placement=placement, feature_dtype=args.feature_dtype)
+    meta = json.dumps({"target_layers": list(layers), "length": args.length, "feature_dtype": args.feature_dtype})
     write_atomically(args.out / "cache.json", lambda tmp: Path(tmp).write_text(meta))
     print(f"{len(written)} cache shards in {args.out}")
 

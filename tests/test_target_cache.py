@@ -1,5 +1,6 @@
-"""Target cache: exact bfloat16 round trip, no half shard after a kill, training from it works and takes the
-same step as online training."""
+"""Target cache: exact bfloat16 round trip, float8 features within float8's precision, no half shard after a
+kill (a many-shard cache resumed equals one written whole), training from it works and takes the same step
+as online training."""
 
 import jax
 import jax.numpy as jnp
@@ -160,3 +161,82 @@ def test_a_cache_serves_the_first_sequences_of_its_data_and_refuses_other_data(t
     for kept, again in zip(jax.tree.leaves(before), jax.tree.leaves(shards[0].batch(np.arange(4)))):
         np.testing.assert_array_equal(kept, again)
     np.testing.assert_array_equal(shards[1].batch(np.arange(4))[0], TOKENS[4:8])  # the short shard, rewritten
+
+
+def test_float8_round_trip_keeps_each_element_within_float8_precision(tmp_path):
+    shards = write_cache(CONFIG, PARAMS, LAYERS, TOKENS, LOSS_MASK, tmp_path, shard_size=4, feature_dtype="float8")
+    features, hidden, _ = batch_features(CONFIG, LAYERS, PARAMS, jnp.asarray(TOKENS[4:8]), jnp.asarray(LOSS_MASK[4:8]))
+    rows = np.array([3, 0, 2])
+    shard = CachedShard(shards[1])
+    assert shard.feature_dtype == "float8"
+    tokens, _, cached_features, cached_hidden, _ = shard.batch(rows)
+    np.testing.assert_array_equal(tokens, TOKENS[4 + rows])
+    exact, cached = np.asarray(features[:, rows]), np.asarray(cached_features, np.float32)
+    largest = np.abs(exact).max(-1, keepdims=True)
+    # e4m3 keeps 3 mantissa bits (half an ulp: 2^-4 relative); below its smallest normal, steps of
+    # 2^-9 x scale, scale = largest / 448; then the bfloat16 of the decoded value (2^-8 relative).
+    bound = 2**-4 * np.abs(exact) + 2**-10 * largest / 448 + 2**-8 * np.abs(cached)
+    assert np.all(np.abs(cached - exact) <= bound)
+    assert np.max(np.abs(cached - exact) / largest) > 1e-3  # float8, not the bfloat16 of the exact values
+    np.testing.assert_array_equal(cached_hidden, np.asarray(hidden[rows].astype(jnp.bfloat16)))  # the label, exact
+    on_disk = sum(f.stat().st_size for s in shards for f in s.iterdir())
+    estimate = estimate_bytes(len(TOKENS), TOKENS.shape[1], len(LAYERS), CONFIG.hidden_size, "float8")
+    assert 0.9 < estimate / on_disk < 1.1
+    bf16 = estimate_bytes(len(TOKENS), TOKENS.shape[1], len(LAYERS), CONFIG.hidden_size)
+    assert estimate < 0.75 * bf16  # 0.59x at the real model's sizes
+
+
+def test_a_cache_is_completed_only_in_its_own_encoding(tmp_path):
+    write_cache(CONFIG, PARAMS, LAYERS, TOKENS[:4], LOSS_MASK[:4], tmp_path, shard_size=4)
+    with pytest.raises(ValueError, match="holds bfloat16 features, not float8: pass --feature-dtype bfloat16"):
+        write_cache(CONFIG, PARAMS, LAYERS, TOKENS, LOSS_MASK, tmp_path, shard_size=4, feature_dtype="float8")
+    with pytest.raises(ValueError, match="feature_dtype must be one of"):
+        write_cache(CONFIG, PARAMS, LAYERS, TOKENS, LOSS_MASK, tmp_path / "new", feature_dtype="float16")
+
+
+def test_a_many_shard_float8_cache_resumed_after_a_kill_equals_one_written_whole(tmp_path, monkeypatch):
+    tokens = np.asarray(jax.random.randint(jax.random.key(2), (96, 16), 1, CONFIG.vocab_size))
+    loss_mask = np.broadcast_to(np.arange(16) >= 5, tokens.shape)
+    whole = write_cache(CONFIG, PARAMS, LAYERS, tokens, loss_mask, tmp_path / "whole", shard_size=8,
+                        feature_dtype="float8")
+    saved, original = [], np.save
+
+    def dying_save(path, array):
+        saved.append(path)
+        if len(saved) == 7 * 5 + 3:  # inside the sixth shard (7 files a float8 shard)
+            raise KeyboardInterrupt
+        original(path, array)
+
+    monkeypatch.setattr(target_cache.np, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        write_cache(CONFIG, PARAMS, LAYERS, tokens, loss_mask, tmp_path / "resumed", shard_size=8,
+                    feature_dtype="float8")
+    monkeypatch.setattr(target_cache.np, "save", original)
+    assert len(list((tmp_path / "resumed").glob("shard-?????"))) == 5
+    write_cache(CONFIG, PARAMS, LAYERS, tokens, loss_mask, tmp_path / "resumed", shard_size=8, feature_dtype="float8")
+    served = open_cache(tmp_path / "resumed", tokens)
+    assert len(served) == len(whole) == 12
+    for path, shard in zip(whole, served):
+        for kept, again in zip(jax.tree.leaves(CachedShard(path).batch(np.arange(8))),
+                               jax.tree.leaves(shard.batch(np.arange(8)))):
+            np.testing.assert_array_equal(kept, again)
+
+
+def test_a_step_from_float8_features_is_the_exact_step_within_a_tenth_of_a_percent():
+    vocab = np.arange(CONFIG.vocab_size)
+    train = TrainConfig(learning_rate=3e-3, warmup_steps=2, total_steps=10, anchors_per_sequence=4)
+    tokens, mask = jnp.asarray(TOKENS), jnp.asarray(LOSS_MASK)
+    features, hidden = target_features(CONFIG, PARAMS, tokens, LAYERS)
+    statistics = target_statistics(CONFIG, PARAMS, hidden, predicts_loss_token(mask))
+    encoded = target_cache.encode(features, "float8")
+    stored = target_cache.decode(target_cache.as_bits(encoded["values"]), np.asarray(encoded["scale"]))
+    results = []
+    for f in (features, stored):
+        model = _drafter("dspark", vocab)
+        results.append(train_step_cached(model, make_optimizer(model, train), CONFIG, PARAMS, tokens, mask, f, hidden,
+                                         statistics, jax.random.key(0), train))
+    # The continuous terms: the confidence loss and the agreement count discrete matches, which a random tiny
+    # drafter's near-ties could flip.
+    for name in ("ce", "tv"):
+        np.testing.assert_allclose(results[1][name], results[0][name], rtol=1e-3, err_msg=name)
+    assert results[1]["ce"] != results[0]["ce"]
