@@ -18,13 +18,17 @@ def test_prepared_data(data):
     assert len(held_out) > 100 and all(len(r["turns"]) == 1 for r in held_out)
 
 
-@pytest.mark.parametrize("drafter, mode", [("dspark", "online"), ("dspark", "cache"), ("eagle3", "cache")])
+@pytest.mark.parametrize("drafter, mode", [("dspark", "online"), ("dspark", "cache"), ("eagle3", "cache-float8")])
 def test_train_then_generate(data, tmp_path, drafter, mode, capsys):
     common = ["--target", TINY, "--data", str(data), "--length", "96", "--num-features", "2"]
     extra = ["--bf16", "--draft-vocab", "40"]  # online mode also exercises bf16 and a reduced draft vocabulary
-    if mode == "cache":
-        cli.main(["prepare-cache", *common, "--out", str(tmp_path / "cache"), "--shard-size", "3"])
-        assert "GiB" in capsys.readouterr().out
+    if mode.startswith("cache"):
+        dtype = "float8" if mode == "cache-float8" else "bfloat16"
+        cli.main(["prepare-cache", *common, "--out", str(tmp_path / "cache"), "--shard-size", "3",
+                  "--feature-dtype", dtype])
+        assert f"{dtype} -> " in capsys.readouterr().out
+        assert json.loads((tmp_path / "cache" / "cache.json").read_text())["feature_dtype"] == dtype
+        assert (tmp_path / "cache" / "shard-00000" / "features_scale.npy").exists() == (dtype == "float8")
         extra = ["--cache", str(tmp_path / "cache")]
     extra += ["--rank", "8"] if drafter == "dspark" else []
     cli.main(["train", "--drafter", drafter, *common, *extra, "--out", str(tmp_path / "run"), "--steps", "3",
