@@ -21,7 +21,8 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from dspark_jax.train.target_cache import BF16, as_bits, decode, encode
+from dspark_jax.command_names import FEATURE_DTYPES
+from dspark_jax.train.target_cache import BF16, as_bits, decode, encode, estimate_bytes
 
 
 def encoded(features_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,8 +57,8 @@ def main() -> None:
     print("max error / token max  " + " ".join(f"{e:8.4f}" for e in worst))
 
     n, k, t, e = np.load(shards[0] / "features.npy", mmap_mode="r").shape
-    hidden_and_ids = t * (e * 2 + 4 + 1 + 4 + 4)
-    print(f"bytes per sequence: bfloat16 {k * t * e * 2 + hidden_and_ids:,}, float8 {k * t * (e + 4) + hidden_and_ids:,}")
+    per_sequence = {dtype: estimate_bytes(1, t, k, e, dtype) for dtype in FEATURE_DTYPES}
+    print("bytes per sequence: " + ", ".join(f"{dtype} {size:,}" for dtype, size in per_sequence.items()))
     rows = np.sort(np.random.default_rng(0).choice(n, 8, replace=False))
     values, scale = encoded(np.load(shards[0] / "features.npy"))
     decode(values[rows], scale[rows])
