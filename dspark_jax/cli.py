@@ -201,6 +201,10 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-features", type=int, default=None,
                    help="target layers fused by the drafter (K); default 5 for DSpark/DFlash, 3 for EAGLE-3")
     p.add_argument("--rank", type=int, default=None, help="DSpark's Markov head rank (default 256)")
+    p.add_argument("--lookup-inputs", action="store_true",
+                   help="DSpark/DFlash: each block slot also reads the token prompt lookup proposes there and its "
+                        "match length, so the drafter learns when to copy its context (ours; no export to other "
+                        "formats)")
     p.add_argument("--qk-norm", action="store_true",
                    help="normalise each attention head's queries and keys (Qwen3-style), as the drafters of "
                         "DeepSpec, vLLM and SGLang do: needed to export a DSpark/DFlash drafter to their formats")

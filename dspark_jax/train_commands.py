@@ -151,6 +151,10 @@ def _drafter_config(args: argparse.Namespace, kind: DrafterKind, spec) -> Drafte
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
         options[field] = value
+    if args.lookup_inputs:
+        if "lookup_inputs" not in kind.fields:
+            raise ValueError(f"--lookup-inputs does not apply to a {kind.name} drafter: drop it")
+        options["lookup_inputs"] = True
     return kind.new_config(spec.config, depth=args.block_size, num_features=args.num_features,
                            compute_dtype="bfloat16" if args.bf16 else "float32", qk_norm=args.qk_norm, **options)
 

@@ -10,6 +10,13 @@ here (as in DFlash and DeepSpec).
 
 Several blocks of one sequence share one context ([B, S] keys/values) and differ only in which context
 positions they may see: training packs many random anchors per sequence this way, inference uses one.
+
+With `lookup_inputs` (ours, not DFlash's or DeepSpec's) each slot's input also carries what prompt lookup
+proposes for the slot's own token: the tokens that followed the most recent earlier occurrence of the
+history's tail, and the length of that match. The target copies its context most of the time at T = 0 and
+a one-layer block drafter cannot find the earlier occurrence by itself (docs/results.md, "They do not
+copy"); given the candidate, it only has to learn when to keep it. The lookup's projection starts as the
+identity, so an untrained drafter already leans towards the candidate.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class DFlashConfig(DrafterConfig):
     mask_token_id: int  # the input of every block slot after the anchor
     block_size: int = 7  # γ
     num_layers: int = 1
+    lookup_inputs: bool = False  # slots also read prompt lookup's candidate for their token (module docstring)
 
     DEPTH_FIELD: ClassVar[str] = "block_size"
 
@@ -88,14 +96,32 @@ class DraftLayer(nnx.Module):
         return x + self.down(jax.nn.silu(self.gate(h)) * self.up(h))
 
 
+# Match lengths a lookup candidate can carry: 0 (none found) .. LOOKUP_MAX_NGRAM.
+LOOKUP_MAX_NGRAM = 4
+
+
 class DFlashBackbone(nnx.Module):
     def __init__(self, config: DFlashConfig, *, rngs: nnx.Rngs):
         self.config = config
         e = config.hidden_size
         self.fuse = nnx.Linear(len(config.target_layers) * e, e, use_bias=False, dtype=config.dtype, rngs=rngs)
         self.fuse_norm = RMSNorm(e, eps=config.rms_norm_eps, dtype=config.dtype)
+        if config.lookup_inputs:
+            self.lookup = nnx.Linear(e, e, use_bias=False, dtype=config.dtype, rngs=rngs,
+                                     kernel_init=lambda key, shape, dtype: jnp.eye(*shape, dtype=dtype))
+            self.match_length = nnx.Embed(LOOKUP_MAX_NGRAM + 1, e, embedding_init=nnx.initializers.zeros, rngs=rngs)
         self.layers = nnx.List([DraftLayer(config, rngs=rngs) for _ in range(config.num_layers)])
         self.final_norm = RMSNorm(e, eps=config.rms_norm_eps, dtype=config.dtype)
+
+    def block_inputs(self, block_embeddings: jax.Array, lookup_embeddings: jax.Array | None,
+                     match_length: jax.Array | None) -> jax.Array:
+        """What the first layer reads, [..., γ, E]: the embeddings of the block's tokens [..., γ, E], plus,
+        with `lookup_inputs`, the projected embeddings of prompt lookup's candidates [..., γ, E] and the
+        embedding of the match length int32[...] they come from (0: none found)."""
+        if not self.config.lookup_inputs:
+            return block_embeddings
+        found = self.match_length(jnp.clip(match_length, 0, LOOKUP_MAX_NGRAM))[..., None, :]
+        return block_embeddings + self.lookup(lookup_embeddings) + found
 
     def context(self, features: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The context keys and values of every draft layer, [L, B, S, KVH, D] each. features: [K, B, S, E]

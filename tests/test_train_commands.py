@@ -77,6 +77,7 @@ def test_dspark_loss_weights_reach_the_logged_loss(data, tmp_path, capsys):
     ("eagle3", ["--rank", "8"], "--rank does not apply to a eagle3 drafter"),
     ("eagle3", ["--layers", "2"], "--layers does not apply to a eagle3 drafter"),
     ("dflash", ["--rank", "8"], "--rank does not apply to a dflash drafter"),
+    ("eagle3", ["--lookup-inputs"], "--lookup-inputs does not apply to a eagle3 drafter"),
     ("dspark", ["--layers", "0"], "--layers must be >= 1, got 0"),
 ])
 def test_options_of_another_kind_fail_before_loading(data, tmp_path, capsys, stop_at_load, drafter, weights, message):

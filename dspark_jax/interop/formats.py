@@ -46,6 +46,9 @@ class Format:
         """Why a drafter of `kind` cannot be written in this format exactly (empty: it can)."""
         architecture = self.architectures[kind]
         found = []
+        if getattr(config, "lookup_inputs", False):
+            found.append(f"its slots read prompt lookup's candidates, which {architecture} has no inputs for "
+                         "(train without --lookup-inputs)")
         if architecture in QWEN3_ARCHITECTURES and not config.qk_norm:
             found.append(f"it has no per-head q/k RMSNorm, which {architecture} always applies (train with "
                          "--qk-norm)")

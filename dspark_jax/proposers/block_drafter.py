@@ -26,6 +26,7 @@ from dspark_jax.models.kv_cache import KVCache
 from dspark_jax.models.params import TransformerParams
 from dspark_jax.models.transformer import embed
 from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified
+from dspark_jax.proposers.ngram import lookup_candidates
 from dspark_jax.sampling import SamplingConfig, expand_candidates
 from dspark_jax.tree import TreeTemplate
 
@@ -78,6 +79,11 @@ class BlockDrafterProposer:
         positions = anchor_position[:, None] + jnp.arange(depth, dtype=jnp.int32)[None, :]
         visible = cache.positions < anchor_position[:, None]
         backbone = nnx.merge(self.backbone_def, params.backbone)
+        lookup, match = None, None
+        if self.drafter.lookup_inputs:
+            candidates, match = lookup_candidates(context.history, context.length, depth)
+            lookup = embed(params.target, candidates, config=self.target)
+        embeddings = backbone.block_inputs(embeddings, lookup, match)
         hidden = backbone(embeddings[:, None], positions[:, None], cache.k, cache.v, visible[:, None])[:, 0]
         head = params.head
         base_logits = head.logits(hidden)  # [B, γ, Vd]

@@ -14,6 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dspark_jax.models.dflash import LOOKUP_MAX_NGRAM
 from dspark_jax.proposers.base import Draft, DraftContext, Prefilled, Verified
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.tree import TreeTemplate
@@ -70,3 +71,12 @@ class NgramProposer:
         tokens = jnp.where(found & (continuation.reshape(batch, -1) < length[:, None]), tokens,
                            context.anchor[:, None])
         return tokens.reshape(batch, template.depth, template.width).astype(jnp.int32), best_n
+
+
+def lookup_candidates(history: jax.Array, length: jax.Array, depth: int) -> tuple[jax.Array, jax.Array]:
+    """What a block drafter with `lookup_inputs` reads: (the main chain of prompt lookup int32[R, depth],
+    its match length int32[R], 0 where none was found) after the first `length` int32[R] tokens of each
+    history row int32[R, H]. The same function for training blocks and for drafting."""
+    context = DraftContext(history=history, length=length, done=jnp.zeros(length.shape, bool))
+    tokens, match = NgramProposer(max_ngram=LOOKUP_MAX_NGRAM).lookup(context, TreeTemplate(1, depth))
+    return tokens[..., 0], match
