@@ -175,7 +175,8 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-features", type=int, default=5, help="target layers fused by the drafter (K)")
     p.add_argument("--shard-size", type=int, default=64, help="conversations per shard file")
     p.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="bfloat16",
-                   help="how the target's hidden states are stored: float8 (scaled per token) takes half the disk")
+                   help="how the target's fused-layer features are stored: float8 (scaled per token and "
+                        "layer) takes 0.59x the disk of bfloat16")
     p.add_argument("--max-sequences", type=int, default=None, help=MAX_SEQUENCES_HELP)
     _add_mesh(p)
 
