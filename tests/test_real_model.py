@@ -107,7 +107,7 @@ def test_shipped_drafters_match_their_target_and_are_lossless(target, golden, ki
                                   SpeculativeMethod(proposer, params, TreeTemplate(1, model.config.depth)))
     np.testing.assert_array_equal(np.array(result.tokens), golden["generated"][:2, :32])
     print(f"\n{kind}: tau {result.stats.tau:.2f}")
-    # The shipped drafters are weak (docs/results.md: tau ~1.1), but they do get draft tokens accepted.
+    # Shipped DFlash and EAGLE-3 are weak (docs/results.md: tau ~1.2), but they do get draft tokens accepted.
     assert result.stats.tau > 1.0
 
 
