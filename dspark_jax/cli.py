@@ -157,7 +157,8 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default=DEFAULT_TARGET, help="'default' (Gemma 3 270M), a .gguf file or an HF directory")
     p.add_argument("--out", type=Path, required=True, help="output directory (resumed when it exists)")
     p.add_argument("--num-prompts", type=int, default=512,
-                   help="ShareGPT prompts to answer (a larger count extends an existing directory)")
+                   help="ShareGPT prompts to answer: first turns of the training conversations, then their later "
+                        "turns (~10.5K first turns; a larger count extends an existing directory)")
     p.add_argument("--max-prompt-tokens", type=int, default=256, help="prompt tokens kept, chat template included")
     p.add_argument("--max-new-tokens", type=int, default=256, help="response tokens per prompt")
     p.add_argument("--temperature", type=float, default=0.7, help="the target's sampling temperature (0 = greedy)")

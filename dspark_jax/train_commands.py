@@ -32,7 +32,7 @@ from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
 from dspark_jax.train.dspark_loss import DSparkLossWeights
 from dspark_jax.train.loop import RunConfig, cached_steps, online_steps, run_training
 from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
-from dspark_jax.train.sharegpt import first_turns, split
+from dspark_jax.train.sharegpt import human_turns, split, training_prompts
 from dspark_jax.train.target_cache import estimate_bytes, open_cache, write_cache
 
 # Training differentiates through the target's head (the drafters' logits), which the CPU kernels cannot,
@@ -97,11 +97,12 @@ def prepare_data(args: argparse.Namespace) -> None:
                                            "max_prompt_tokens": args.max_prompt_tokens,
                                            "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                                            "top_p": args.top_p, "top_k": args.top_k}, "sequences")
-    train_prompts, held_out = split(first_turns())
+    conversations = human_turns()
+    held_out = split([(conversation_id, messages[0]) for conversation_id, messages in conversations])[1]
     held_out_text = "".join(json.dumps({"turns": [p]}) + "\n" for p in held_out)  # the eval format
     write_atomically(args.out / "held_out.jsonl", lambda tmp: Path(tmp).write_text(held_out_text))
     target = _load_target(spec, placement)
-    shards = regenerate(target, train_prompts[: args.num_prompts], args.out, config)
+    shards = regenerate(target, training_prompts(conversations)[: args.num_prompts], args.out, config)
     print(f"{len(shards)} shards of regenerated sequences in {args.out}; {len(held_out)} held-out prompts in "
           f"{args.out / 'held_out.jsonl'}")
 

@@ -8,7 +8,7 @@ import pytest
 from dspark_jax.target import load_target
 from dspark_jax.train import regenerate as regenerate_lib
 from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
-from dspark_jax.train.sharegpt import first_turns, split
+from dspark_jax.train.sharegpt import first_turns, human_turns, split, training_prompts
 
 TINY = Path(__file__).parent / "data" / "tiny" / "gemma3"
 
@@ -26,6 +26,19 @@ def test_sharegpt_reads_every_complete_record(records):
     assert 0.03 < len(held_out) / len(records) < 0.07
     again_train, again_held_out = split(list(reversed(records)))
     assert set(again_held_out) == set(held_out)  # the split depends on ids, not order
+
+
+def test_later_turns_extend_the_first_turns_without_held_out_text(records):
+    conversations = human_turns()
+    assert [(cid, messages[0]) for cid, messages in conversations] == records
+    train_first, held_out_first = split(records)
+    prompts = training_prompts(conversations)
+    assert prompts[: len(train_first)] == train_first  # shards written from first turns keep their prompts
+    later = prompts[len(train_first):]
+    assert len(prompts) > 20_480 and len(later) == len(set(later)) and not set(later) & set(train_first)
+    train_ids = set(split([(cid, cid) for cid, _ in records])[0])
+    train_text = {m for cid, messages in conversations if cid in train_ids for m in messages}
+    assert set(later) <= train_text  # nothing that only held-out conversations say
 
 
 def test_regeneration_resumes_after_a_failure(records, tmp_path, monkeypatch):

