@@ -13,6 +13,10 @@ shape, every row padded to the same depth, so a step's cost depends on the depth
 less than the others saves nothing: admission is per depth, for all rows at once. The early stop is what
 keeps sampling lossless (paper Appendix A): whether depth ℓ is verified depends on a_{·,≤ℓ}, hence on the
 draft tokens before ℓ but never on the token at ℓ itself, since c_ℓ is computed from token ℓ - 1.
+Greedy decoding needs no such care (a draft token is kept iff it equals the target's argmax, whatever
+else was verified), so there the scheduler takes the depth of highest Θ over all depths: on a CPU the
+first verified token costs far more than each one after it, and the early stop would end at that first
+step even when the whole draft is worth verifying.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dspark_jax.temperature_scaling import SequentialTemperatures
 class PrefixScheduler:
     step_seconds: tuple[float, ...]  # one engine step verifying 0, 1, ..., γ draft tokens per row
     calibration: SequentialTemperatures | None = None  # STS fit for the run's decoding temperature; None: raw c
+    greedy: bool = False  # the run decodes greedily: choose the best depth overall, not by early stop
 
     def __post_init__(self):
         if len(self.step_seconds) < 2 or min(self.step_seconds) <= 0:
@@ -46,6 +51,8 @@ class PrefixScheduler:
         survival = jnp.where(live[:, None], survival, 0.0)
         tokens = jnp.sum(live) + jnp.concatenate([jnp.zeros(1), jnp.cumsum(jnp.sum(survival, axis=0))])
         throughput = tokens / jnp.asarray(self.step_seconds, jnp.float32)  # Θ(ℓ), ℓ = 0..γ
+        if self.greedy:
+            return jnp.argmax(throughput).astype(jnp.int32)
         # Admit depth ℓ while each one raised Θ: the first ℓ whose successor does not.
         gains = throughput[1:] > throughput[:-1]
         return jnp.argmin(jnp.concatenate([gains, jnp.zeros(1, bool)])).astype(jnp.int32)

@@ -418,7 +418,7 @@ def _decoder(params: TransformerParams, config: ModelConfig, prompts: Sequence[S
     if schedule == "hardware":
         fit = method.calibration.for_temperature(generation.sampling.temperature)
         schedule = dataclasses.replace(profile_scheduler(decoder, params, method.params, prompt, lengths, key),
-                                       calibration=fit)
+                                       calibration=fit, greedy=generation.sampling.greedy)
     if isinstance(schedule, PrefixScheduler):
         decoder = dataclasses.replace(decoder, scheduler=schedule)
     return decoder, prompt, lengths, key

@@ -22,6 +22,16 @@ def test_the_papers_counterexample_stops_early():
     assert depth(scheduler, [[0.8, 0.0]]) == 0
 
 
+def test_greedy_decoding_takes_the_best_depth_over_all():
+    """Exact-match acceptance is lossless at any depth, so greedy runs look past a dear first step: the
+    counterexample above verifies both tokens (Θ2 = 1.134 > Θ0 = 1.0 > Θ1 = 0.9)."""
+    scheduler = PrefixScheduler((1 / 1.0, 1 / 0.5, 1 / 0.45), greedy=True)
+    assert depth(scheduler, [[0.8, 0.9]]) == 2
+    assert depth(scheduler, [[0.8, 0.0]]) == 0  # Θ2 = 0.81 < Θ0: still nothing
+    # Where Θ rises to the end, both rules agree.
+    assert depth(PrefixScheduler((1.0, 1.0, 1.0, 1.0), greedy=True), [[0.01, 0.01, 0.01]]) == 3
+
+
 def test_depth_by_hand():
     scheduler = PrefixScheduler((1.0, 1.3, 1.6, 1.9))
     # Θ = (1, 1.9 / 1.3 = 1.46, (1.9 + 0.81) / 1.6 = 1.69, (2.71 + 0.081) / 1.9 = 1.47): depth 2.
