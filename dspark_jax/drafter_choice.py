@@ -89,10 +89,11 @@ def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tre
     """None means plain decoding. gamma / tree override the drafter's default chain of its block size.
 
     `default` is the fastest choice measured for the default target (docs/results.md, "Default
-    generation"): DSpark with prompt lookup (`dspark+ngram`) for greedy decoding; plain decoding when
-    `temperature` > 0, where no drafter here beats it, unless --gamma / --tree ask for drafts; the shipped
-    DSpark alone under the hardware schedule, which needs its confidences. `temperature` None (eval, bench:
-    one choice for every temperature) means the greedy default."""
+    generation"): DSpark with prompt lookup (`dspark+ngram`) for greedy decoding; when `temperature` > 0
+    the shipped DSpark under the hardware scheduler, which verifies only the drafts its confidences expect
+    to pay (whole drafts lose to plain decoding there), unless --gamma / --tree ask for whole drafts of a
+    depth; the shipped DSpark alone under an explicit hardware schedule, which needs its confidences.
+    `temperature` None (eval, bench: one choice for every temperature) means the greedy default."""
     if gamma is not None and gamma < 1:
         raise ValueError(f"--gamma must be >= 1, got {gamma}")
     if gamma is not None and tree is not None and gamma != tree.depth:
@@ -113,10 +114,10 @@ def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tre
         if schedule == "hardware":
             return _exported(directory, "dspark", spec, depth, template)
         if temperature and gamma is None and tree is None:
-            print(f"note: at temperature {temperature:g} no drafter decodes this target faster than plain decoding "
-                  f"(docs/results.md); decoding without one. --drafter {DEFAULT_GREEDY} speculates anyway",
+            print(f"note: at temperature {temperature:g} the default is dspark under --schedule hardware, the "
+                  f"fastest measured when sampling (docs/results.md); --drafter none decodes plainly",
                   file=sys.stderr)
-            return None
+            return _exported(directory, "dspark", spec, depth, template).with_schedule("hardware")
         return _hybrid(DEFAULT_GREEDY, spec, gamma, tree, dtype)
     if choice == "none":
         if gamma is not None or tree is not None:
