@@ -24,12 +24,12 @@ from dspark_jax.models.drafter_calibration import CALIBRATION_FILE
 from dspark_jax.sampling import SamplingConfig
 from dspark_jax.target import describe_target, load_target, resolve_weights
 from dspark_jax.temperature_scaling import fit_sequential_temperatures, survival_ece
-from dspark_jax.train.sharegpt import first_turns, split
+from dspark_jax.train.sharegpt import held_out_prompts, human_turns
 
 
 def _prompts(source: str) -> tuple[str, ...]:
     if source == HELD_OUT:
-        return tuple(split(first_turns())[1])
+        return tuple(held_out_prompts(human_turns()))
     return load_tasks([source])[0].prompts
 
 

@@ -32,7 +32,7 @@ from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
 from dspark_jax.train.dspark_loss import DSparkLossWeights
 from dspark_jax.train.loop import RunConfig, cached_steps, online_steps, run_training
 from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
-from dspark_jax.train.sharegpt import human_turns, split, training_prompts
+from dspark_jax.train.sharegpt import held_out_prompts, human_turns, training_prompts
 from dspark_jax.train.target_cache import estimate_bytes, open_cache, write_cache
 
 # Training differentiates through the target's head (the drafters' logits), which the CPU kernels cannot,
@@ -98,7 +98,7 @@ def prepare_data(args: argparse.Namespace) -> None:
                                            "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                                            "top_p": args.top_p, "top_k": args.top_k}, "sequences")
     conversations = human_turns()
-    held_out = split([(conversation_id, messages[0]) for conversation_id, messages in conversations])[1]
+    held_out = held_out_prompts(conversations)
     held_out_text = "".join(json.dumps({"turns": [p]}) + "\n" for p in held_out)  # the eval format
     write_atomically(args.out / "held_out.jsonl", lambda tmp: Path(tmp).write_text(held_out_text))
     target = _load_target(spec, placement)

@@ -8,7 +8,7 @@ import pytest
 from dspark_jax.target import load_target
 from dspark_jax.train import regenerate as regenerate_lib
 from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
-from dspark_jax.train.sharegpt import first_turns, human_turns, split, training_prompts
+from dspark_jax.train.sharegpt import first_turns, held_out_prompts, human_turns, split, training_prompts
 
 TINY = Path(__file__).parent / "data" / "tiny" / "gemma3"
 
@@ -32,6 +32,7 @@ def test_later_turns_extend_the_first_turns_without_held_out_text(records):
     conversations = human_turns()
     assert [(cid, messages[0]) for cid, messages in conversations] == records
     train_first, held_out_first = split(records)
+    assert held_out_prompts(conversations) == held_out_first
     prompts = training_prompts(conversations)
     assert prompts[: len(train_first)] == train_first  # shards written from first turns keep their prompts
     later = prompts[len(train_first):]

@@ -55,6 +55,13 @@ def split(records: list[tuple[str, str]], held_out_fraction: float = 0.05) -> tu
     return train, held_out
 
 
+def held_out_prompts(conversations: list[tuple[str, list[str]]], held_out_fraction: float = 0.05) -> list[str]:
+    """The first human turn of every held-out conversation, in file order (calibration and evaluation
+    prompts that no drafter trained on)."""
+    return split([(conversation_id, messages[0]) for conversation_id, messages in conversations],
+                 held_out_fraction)[1]
+
+
 def training_prompts(conversations: list[tuple[str, list[str]]], held_out_fraction: float = 0.05) -> list[str]:
     """The first human turn of every training conversation, in file order, then their later human turns,
     each as a prompt of its own (each text once, and none already taken).
