@@ -134,8 +134,10 @@ def stored_config(meta: dict) -> tuple[DrafterKind, DrafterConfig]:
 def load_drafter(directory: Path, target: ModelConfig, target_params: TransformerParams) -> nnx.Module:
     """The exported drafter in `directory`, checked against the target it was trained for."""
     def build(kind: str, fields: dict, vocab: np.ndarray) -> nnx.Module:
+        # Built abstract (shapes only), since the file sets every variable: initialising the weights for
+        # real compiles each initialiser, ~4 s of a one-off `generate`.
         found = kind_named(kind)
-        return found.new_drafter(found.config_type.from_dict(fields), vocab)
+        return nnx.eval_shape(lambda: found.new_drafter(found.config_type.from_dict(fields), vocab))
 
     return import_drafter(directory, target, target_params, build)
 

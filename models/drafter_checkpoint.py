@@ -32,7 +32,8 @@ from dspark_jax.models.params import TransformerParams
 WEIGHTS, CONFIG = "drafter.safetensors", "drafter.json"
 VOCAB_KEY = "vocab"  # every drafter's attribute holding the draft → target id map
 FORMAT_VERSION = 3
-# (kind, config fields, draft → target ids) -> a fresh module of that kind
+# (kind, config fields, draft → target ids) -> a module of that kind for the file to fill (it may be abstract:
+# nnx.eval_shape)
 BuildDrafter = Callable[[str, dict, np.ndarray], nnx.Module]
 
 
@@ -126,6 +127,9 @@ def import_drafter(directory: Path, target: ModelConfig, target_params: Transfor
         raise ConfigError(f"{directory}: the draft vocabulary map {VOCAB_KEY!r} is missing or does not fit the target")
     model = build(meta["kind"], meta["drafter"], vocab)
     stored = _stored(model)
+    if len(stored) != len(nnx.to_flat_state(nnx.state(model))):
+        raise ValueError(f"{type(model).__name__} holds state a drafter file does not store: `build` may return "
+                         "it abstract (nnx.eval_shape) only when the file sets all of it")
     missing = [name for name, _ in stored if name not in arrays]
     if missing or len(arrays) != len(stored):
         raise ConfigError(f"{directory}: weights do not match {CONFIG} (missing e.g. {missing[:3]})")
