@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -355,10 +356,25 @@ def main(argv: list[str] | None = None) -> None:
     args = command_line.parse_args(argv)
     module, function = COMMANDS[args.command].split(":")
     run = getattr(importlib.import_module(module), function)
+    keep_compiled_programs()
     try:
         run(args)
     except (ValueError, FileNotFoundError) as error:
         command_line.exit(2, f"dspark-jax {args.command}: error: {error}\n")
+
+
+def keep_compiled_programs() -> None:
+    """XLA programs that took over a second to compile are kept on disk (JAX's persistent compilation cache,
+    in ~/.cache/dspark-jax/xla), so a command run again starts without compiling them: a one-off
+    `generate` spends most of its time compiling otherwise. JAX_COMPILATION_CACHE_DIR, when set, decides
+    instead (an empty value turns the cache off)."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    import jax
+
+    from dspark_jax.kernels.cpu_kernels import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
+import os
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,8 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from dspark_jax.acceptance import accept, accept_greedy
+from dspark_jax.atomic_file import write_atomically
 from dspark_jax.command_names import SCHEDULES
 from dspark_jax.generate import GenerationConfig, pad_prompts, prefill_prompt, round_up
+from dspark_jax.kernels.cpu_kernels import cache_dir
 from dspark_jax.models.config import ModelConfig
 from dspark_jax.models.drafter_calibration import DrafterCalibration
 from dspark_jax.models.kv_cache import KVCache, keep_path
@@ -239,13 +245,18 @@ _prefill = jax.jit(SpecDecoder.prefill, static_argnums=0)
 _run = jax.jit(SpecDecoder.run, static_argnums=0, donate_argnums=3)
 _step = jax.jit(SpecDecoder.step, static_argnums=0)
 _profiled: dict[tuple[SpecDecoder, tuple[int, ...]], PrefixScheduler] = {}
+PROFILE_DIR = cache_dir() / "scheduler-profiles"  # one JSON file per measured step program and machine
 
 
 def profile_scheduler(decoder: SpecDecoder, params: TransformerParams, proposer_params: Any, prompt: jax.Array,
-                      prompt_lengths: jax.Array, key: jax.Array, repeats: int = 7) -> PrefixScheduler:
+                      prompt_lengths: jax.Array, key: jax.Array, repeats: int = 7,
+                      on_disk: bool = True) -> PrefixScheduler:
     """The scheduler with its cost table measured on this machine: the wall time of one whole engine step
     (draft, verify, accept, drafter update) verifying each depth 0..γ, from the state after prefill.
-    Measured once per decoder (drafter, sampling, sizes) and prompt shape, and remembered.
+    Measured once per decoder (drafter, sampling, sizes) and prompt shape, and remembered: in the process,
+    and (`on_disk`) in PROFILE_DIR under the hash of the step's program and the devices that run it, so a
+    later process skips the measurement (~70 steps, and compiling the step: most of a short one-off
+    `generate`'s start when sampling). Delete the directory to measure again, e.g. after a hardware change.
 
     The first calls after compiling run slower, so every depth is warmed up twice before any is timed;
     the timed calls then go round the depths `repeats` times, so drift on a busy machine hits all of them
@@ -254,19 +265,53 @@ def profile_scheduler(decoder: SpecDecoder, params: TransformerParams, proposer_
     measured_for = (decoder, tuple(prompt.shape))
     if measured_for not in _profiled:
         state = _prefill(decoder, params, proposer_params, prompt, prompt_lengths, key)
-        depths = range(decoder.template.depth + 1)
-        run = lambda depth: jax.block_until_ready(_step(decoder, params, proposer_params, state, jnp.int32(depth)))
-        for depth in depths:  # the first call compiles, once for every depth
-            run(depth)
-            run(depth)
-        seconds = [float("inf")] * len(depths)
-        for _ in range(repeats):
-            for depth in depths:
-                start = time.perf_counter()
-                run(depth)
-                seconds[depth] = min(seconds[depth], time.perf_counter() - start)
-        _profiled[measured_for] = PrefixScheduler(tuple(seconds))
+        stored = _profile_file(decoder, params, proposer_params, state, repeats) if on_disk else None
+        seconds = _read_profile(stored, decoder.template.depth)
+        if seconds is None:
+            seconds = _measure_steps(decoder, params, proposer_params, state, repeats)
+            if stored is not None:
+                write_atomically(stored, lambda tmp: Path(tmp).write_text(json.dumps({"step_seconds": seconds})))
+        _profiled[measured_for] = PrefixScheduler(seconds)
     return _profiled[measured_for]
+
+
+def _measure_steps(decoder: SpecDecoder, params, proposer_params, state: SpecState, repeats: int) -> tuple[float, ...]:
+    depths = range(decoder.template.depth + 1)
+    run = lambda depth: jax.block_until_ready(_step(decoder, params, proposer_params, state, jnp.int32(depth)))
+    for depth in depths:  # the first call compiles, once for every depth
+        run(depth)
+        run(depth)
+    seconds = [float("inf")] * len(depths)
+    for _ in range(repeats):
+        for depth in depths:
+            start = time.perf_counter()
+            run(depth)
+            seconds[depth] = min(seconds[depth], time.perf_counter() - start)
+    return tuple(seconds)
+
+
+def _profile_file(decoder: SpecDecoder, params, proposer_params, state: SpecState, repeats: int) -> Path:
+    """PROFILE_DIR / (hash of the step's lowered program, the devices and the measurement).json. Lowering
+    traces the step without compiling it; the program text is what a step costs, whatever the Python
+    objects that built it."""
+    step = jax.jit(SpecDecoder.step, static_argnums=0)
+    program = step.lower(decoder, params, proposer_params, state, jnp.int32(0)).as_text()
+    devices = jax.devices()
+    machine = (jax.__version__, devices[0].platform, devices[0].device_kind, len(devices), os.cpu_count(), repeats)
+    digest = hashlib.sha256(f"{program}\0{machine}".encode()).hexdigest()[:32]
+    return PROFILE_DIR / f"{digest}.json"
+
+
+def _read_profile(path: Path | None, depth: int) -> tuple[float, ...] | None:
+    """A stored table of γ + 1 positive step times, or None (no file, or one that is unreadable or cut:
+    then it is measured and written again)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        seconds = tuple(float(s) for s in json.loads(path.read_text())["step_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return seconds if len(seconds) == depth + 1 and min(seconds) > 0 else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,13 +14,13 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import tokenizers
 
 from dspark_jax.atomic_file import write_atomically
+from dspark_jax.kernels.cpu_kernels import cache_dir
 from dspark_jax.models.config import ConfigError, ModelConfig
 from dspark_jax.models.gguf_loader import END_OF_TURN_TOKENS, GGUFHeader, read_gguf_header, special_token_ids
 
@@ -109,8 +109,7 @@ def _cache_file(path: Path) -> Path:
     """Where the converted tokenizer of this exact file (path, size, mtime) and converter version lives."""
     stat = path.stat()
     identity = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{importlib.metadata.version('transformers')}"
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "dspark_jax" / "tokenizers" / f"{hashlib.sha256(identity.encode()).hexdigest()}.json"
+    return cache_dir() / "tokenizers" / f"{hashlib.sha256(identity.encode()).hexdigest()}.json"
 
 
 def _convert_gguf(header: GGUFHeader) -> tokenizers.Tokenizer:

@@ -1,12 +1,23 @@
-"""Test-wide set-up: 8 virtual CPU devices (for the sharding tests) before any JAX backend starts, and
-compiled code released after every test module."""
+"""Test-wide set-up: 8 virtual CPU devices (for the sharding tests) before any JAX backend starts,
+compiled code released after every test module, and nothing cached on disk between tests."""
 
+import os
 from pathlib import Path
 
-import jax
-import pytest
+os.environ["JAX_COMPILATION_CACHE_DIR"] = ""  # no persistent compilation cache (cli.main's) inside the suite
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from dspark_jax import speculative  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+@pytest.fixture(autouse=True)
+def scheduler_profiles(tmp_path, monkeypatch):
+    """Scheduler cost tables are stored per test, never in the user's cache."""
+    monkeypatch.setattr(speculative, "PROFILE_DIR", tmp_path / "scheduler-profiles")
 
 
 @pytest.fixture(autouse=True, scope="module")

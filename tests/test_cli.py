@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -190,6 +191,28 @@ def test_help_imports_no_jax():
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("setting", [None, ""])
+def test_commands_keep_compiled_programs_unless_told_otherwise(tmp_path, setting):
+    """A command's compiled programs land in ~/.cache/dspark-jax/xla, where the next process finds them;
+    JAX_COMPILATION_CACHE_DIR set (here empty: off) overrides that."""
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp
+        from dspark_jax import cli
+        cli.keep_compiled_programs()
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        def triple_sine(x):
+            return jnp.sin(x) * 3
+        jax.jit(triple_sine)(jnp.ones(4)).block_until_ready()
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"} | {"XDG_CACHE_HOME": str(tmp_path)}
+    if setting is not None:
+        env["JAX_COMPILATION_CACHE_DIR"] = setting
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    stored = list((tmp_path / "dspark-jax" / "xla").glob("jit_triple_sine-*"))
+    assert len(stored) == (1 if setting is None else 0), stored
 
 
 def test_train_names_an_unknown_kind(capsys):

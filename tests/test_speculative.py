@@ -1,6 +1,7 @@
 """Speculative engine on tiny random models: lossless greedy and sampling, KV compaction, one compilation."""
 
 import dataclasses
+import json
 from typing import Any
 
 import jax
@@ -166,6 +167,37 @@ def test_the_scheduler_is_profiled_per_batch_shape(monkeypatch):
     assert tables[0] is tables[2] and tables[1] is not tables[0]
     warm, timed = [0, 0, 1, 1, 2, 2], [0, 1, 2] * 7  # two warm-up calls per depth, then 7 rounds
     assert [int(d) for d in steps] == (warm + timed) * 2
+
+
+def test_a_measured_scheduler_profile_is_stored_for_the_next_process(monkeypatch):
+    """The cost table is written under the step program's hash and read back, without running a step, once
+    the process has forgotten it; a file that is cut is measured again, and another program has its own."""
+    config = tiny_config("llama")
+    params = init_params(config, jax.random.key(0), std=0.3)
+    steps = []
+    step = speculative._step
+    monkeypatch.setattr(speculative, "_step", lambda *args: steps.append(args[-1]) or step(*args))
+    monkeypatch.setattr(speculative, "_profiled", {})
+
+    def profile(depth: int, on_disk: bool = True) -> tuple[float, ...]:
+        decoder, prompt, lengths = speculative.prepare(config, PROMPTS[:1], GenerationConfig(max_new_tokens=4),
+                                                       NgramProposer(), TreeTemplate(1, depth))
+        speculative._profiled.clear()  # as in a new process
+        steps.clear()
+        return speculative.profile_scheduler(decoder, params, None, prompt, lengths, jax.random.key(0),
+                                             on_disk=on_disk).step_seconds
+
+    measured = profile(2)
+    assert len(steps) == 3 * 9 and len(measured) == 3
+    [stored] = speculative.PROFILE_DIR.glob("*.json")
+    assert profile(2) == measured and steps == []
+    stored.write_text(stored.read_text()[:-3])  # a write cut short
+    remeasured = profile(2)
+    assert len(steps) == 3 * 9 and len(json.loads(stored.read_text())["step_seconds"]) == 3
+    assert profile(2) == remeasured and steps == []
+    assert len(profile(3)) == 4 and len(list(speculative.PROFILE_DIR.glob("*.json"))) == 2
+    profile(4, on_disk=False)
+    assert len(steps) == 5 * 9 and len(list(speculative.PROFILE_DIR.glob("*.json"))) == 2
 
 
 def test_partial_accept_leaves_the_cache_of_plain_decoding():

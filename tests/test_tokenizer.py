@@ -107,7 +107,7 @@ def test_conversion_is_cached_per_file(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = write_tiny_gguf(tmp_path / "tiny.gguf")
     first = load_tokenizer(path)
-    cached = list((tmp_path / "cache" / "dspark_jax" / "tokenizers").iterdir())
+    cached = list((tmp_path / "cache" / "dspark-jax" / "tokenizers").iterdir())
     assert len(cached) == 1 and cached[0].suffix == ".json"  # and no temporary file left behind
 
     def refuse(_):
