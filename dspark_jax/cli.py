@@ -118,8 +118,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", choices=WEIGHTS, default="auto", help=WEIGHTS_HELP)
     p.add_argument("--drafter", default="default",
                    help="speculative drafter: default (for the default target the fastest measured: dspark+ngram "
-                        "when greedy, dspark under the hardware scheduler when sampling or under --schedule "
-                        "hardware; for other targets none), none (plain decoding), dspark / dflash / eagle3 (a "
+                        "when greedy, none when sampling, dspark under --schedule hardware; for other targets "
+                        "none), none (plain decoding), dspark / dflash / eagle3 (a "
                         "shipped drafter), ngram (prompt lookup), model:PATH (a small .gguf or HF model with the "
                         "target's vocabulary), the "
                         "directory of a trained drafter (ours, or DeepSpec's, vLLM's or SGLang's format), or any "

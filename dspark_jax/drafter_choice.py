@@ -89,10 +89,10 @@ def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tre
     """None means plain decoding. gamma / tree override the drafter's default chain of its block size.
 
     `default` is the fastest choice measured for the default target (docs/results.md, "Default
-    generation"): DSpark with prompt lookup (`dspark+ngram`) for greedy decoding; when `temperature` > 0
-    the shipped DSpark under the hardware scheduler, which verifies only the drafts its confidences expect
-    to pay (whole drafts lose to plain decoding there), unless --gamma / --tree ask for whole drafts of a
-    depth; the shipped DSpark alone under an explicit hardware schedule, which needs its confidences.
+    generation"): DSpark with prompt lookup (`dspark+ngram`) for greedy decoding; plain decoding when
+    `temperature` > 0, unless --gamma / --tree ask for drafts: whole drafts lose there, and DSpark under the
+    hardware scheduler gains at most ~15 % once running but starts ~10-50 s later (profiling its step costs,
+    compiling a verify pass per depth); the shipped DSpark alone under an explicit hardware schedule.
     `temperature` None (eval, bench: one choice for every temperature) means the greedy default."""
     if gamma is not None and gamma < 1:
         raise ValueError(f"--gamma must be >= 1, got {gamma}")
@@ -114,10 +114,10 @@ def resolve_drafter(choice: str, spec: TargetSpec, gamma: int | None = None, tre
         if schedule == "hardware":
             return _exported(directory, "dspark", spec, depth, template)
         if temperature and gamma is None and tree is None:
-            print(f"note: at temperature {temperature:g} the default is dspark under --schedule hardware, the "
-                  f"fastest measured when sampling (docs/results.md); --drafter none decodes plainly",
+            print(f"note: at temperature {temperature:g} decoding plainly: no drafter here repays its start-up when "
+                  "sampling (docs/results.md, \"Default generation\"); --schedule hardware speculates anyway",
                   file=sys.stderr)
-            return _exported(directory, "dspark", spec, depth, template).with_schedule("hardware")
+            return None
         return _hybrid(DEFAULT_GREEDY, spec, gamma, tree, dtype)
     if choice == "none":
         if gamma is not None or tree is not None:
