@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dspark_jax.command_names import (
+    ANSWER_SOURCES,
     DEFAULT_TARGET,
     DRAFTER_FORMATS,
     DTYPE_NAMES,
@@ -163,6 +164,9 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
                         "turns (~10.5K first turns; a larger count extends an existing directory)")
     p.add_argument("--max-prompt-tokens", type=int, default=256, help="prompt tokens kept, chat template included")
     p.add_argument("--max-new-tokens", type=int, default=256, help="response tokens per prompt")
+    p.add_argument("--answers", choices=ANSWER_SOURCES, default="target",
+                   help="who answers: target (generated here: slow) or sharegpt (the dataset's own first reply to "
+                        "each first turn, tokenised only: no generation, nothing sampled)")
     p.add_argument("--temperature", type=float, default=0.7, help="the target's sampling temperature (0 = greedy)")
     p.add_argument("--top-p", type=float, default=0.8, help="1 = off")
     p.add_argument("--top-k", type=int, default=20, help="0 = off")

@@ -25,6 +25,7 @@ WEIGHTS_HELP = ("how the target's matrices are held: gguf (as the GGUF file stor
 SCHEDULES = ("full", "hardware")  # verify the whole draft / the prefix DSpark's hardware-aware scheduler picks
 DTYPE_NAMES = ("float32", "bfloat16")  # compute and cache dtypes of the target
 FEATURE_DTYPES = ("bfloat16", "float8")  # how a target cache stores hidden states (train/target_cache.py)
+ANSWER_SOURCES = ("target", "sharegpt")  # who answers the prompts prepare-data writes (train/regenerate.py)
 
 RUN_FILE = "run.json"  # what a train run directory trains, recorded at its first start
 DATA_FILE = "data.json"  # how a prepare-data directory's shards are written, recorded at its first start

@@ -31,8 +31,14 @@ from dspark_jax.target import describe_target, load_target
 from dspark_jax.train.drafter_step import TrainConfig, make_optimizer
 from dspark_jax.train.dspark_loss import DSparkLossWeights
 from dspark_jax.train.loop import RunConfig, cached_steps, online_steps, run_training
-from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
-from dspark_jax.train.sharegpt import held_out_prompts, human_turns, training_prompts
+from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate, write_answers
+from dspark_jax.train.sharegpt import (
+    first_exchanges,
+    held_out_prompts,
+    human_turns,
+    training_exchanges,
+    training_prompts,
+)
 from dspark_jax.train.target_cache import estimate_bytes, open_cache, write_cache
 
 # Training differentiates through the target's head (the drafters' logits), which the CPU kernels cannot,
@@ -93,17 +99,25 @@ def prepare_data(args: argparse.Namespace) -> None:
                       "--shard-size")
     placement = _placement(args)
     spec = describe_target(args.target)
-    _claim_directory(args.out, DATA_FILE, {"target": spec.path.name, "shard_size": args.shard_size,
-                                           "max_prompt_tokens": args.max_prompt_tokens,
-                                           "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                                           "top_p": args.top_p, "top_k": args.top_k}, "sequences")
+    settings = {"target": spec.path.name, "shard_size": args.shard_size, "max_prompt_tokens": args.max_prompt_tokens,
+                "max_new_tokens": args.max_new_tokens}
+    # Directories of the target's answers predate the "answers" key; a key only one kind records tells them apart.
+    settings |= ({"answers": "sharegpt"} if args.answers == "sharegpt" else
+                 {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k})
+    _claim_directory(args.out, DATA_FILE, settings, "sequences")
     conversations = human_turns()
     held_out = held_out_prompts(conversations)
     held_out_text = "".join(json.dumps({"turns": [p]}) + "\n" for p in held_out)  # the eval format
     write_atomically(args.out / "held_out.jsonl", lambda tmp: Path(tmp).write_text(held_out_text))
-    target = _load_target(spec, placement)
-    shards = regenerate(target, training_prompts(conversations)[: args.num_prompts], args.out, config)
-    print(f"{len(shards)} shards of regenerated sequences in {args.out}; {len(held_out)} held-out prompts in "
+    if args.answers == "sharegpt":
+        exchanges = training_exchanges(first_exchanges())[: args.num_prompts]
+        shards = write_answers(spec.tokenizer, exchanges, args.out, config, spec.config.pad_token_id)
+        written = "sequences with ShareGPT's own answers"
+    else:
+        target = _load_target(spec, placement)
+        shards = regenerate(target, training_prompts(conversations)[: args.num_prompts], args.out, config)
+        written = "regenerated sequences"
+    print(f"{len(shards)} shards of {written} in {args.out}; {len(held_out)} held-out prompts in "
           f"{args.out / 'held_out.jsonl'}")
 
 

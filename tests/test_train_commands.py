@@ -10,6 +10,7 @@ import pytest
 from conftest import TINY, TargetLoaded
 
 from dspark_jax import cli, train_commands
+from dspark_jax.train.regenerate import load_sequences
 
 
 def test_prepared_data(data):
@@ -152,6 +153,22 @@ def test_prepare_data_resumes_only_with_its_own_settings(data, tmp_path, capsys,
                   "80", "--max-new-tokens", "8", "--shard-size", "8", "--batch-size", "3"])
     assert exit_info.value.code == 2
     assert "holds sequences written with other settings: shard_size 4 (now 8)" in capsys.readouterr().err
+
+
+def test_sharegpt_answers_need_no_target_and_never_mix_with_the_targets(data, tmp_path, capsys, stop_at_load):
+    """--answers sharegpt writes shards without loading the target; neither kind of directory resumes as
+    the other."""
+    stop_at_load(train_commands)  # loading the target would raise
+    out = tmp_path / "sharegpt"
+    common = ["--target", TINY, "--num-prompts", "5", "--max-prompt-tokens", "80", "--max-new-tokens", "8",
+              "--shard-size", "4"]
+    cli.main(["prepare-data", *common, "--out", str(out), "--answers", "sharegpt"])
+    tokens, loss_mask = load_sequences(sorted(out.glob("sequences-*.npz")), 200)
+    assert tokens.shape == (5, 200) and (loss_mask.sum(1) == 8).all()  # ShareGPT's answers are long: cut to 8
+    for directory, answers in ((out, []), (shutil.copytree(data, tmp_path / "data"), ["--answers", "sharegpt"])):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["prepare-data", *common, "--out", str(directory), *answers])
+        assert exit_info.value.code == 2 and "holds sequences written with other settings" in capsys.readouterr().err
 
 
 def test_more_prompts_complete_the_last_shard(data, tmp_path):

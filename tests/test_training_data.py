@@ -7,8 +7,16 @@ import pytest
 
 from dspark_jax.target import load_target
 from dspark_jax.train import regenerate as regenerate_lib
-from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate
-from dspark_jax.train.sharegpt import first_turns, held_out_prompts, human_turns, split, training_prompts
+from dspark_jax.train.regenerate import RegenerateConfig, load_sequences, regenerate, write_answers
+from dspark_jax.train.sharegpt import (
+    first_exchanges,
+    first_turns,
+    held_out_prompts,
+    human_turns,
+    split,
+    training_exchanges,
+    training_prompts,
+)
 
 TINY = Path(__file__).parent / "data" / "tiny" / "gemma3"
 
@@ -75,3 +83,34 @@ def test_regeneration_resumes_after_a_failure(records, tmp_path, monkeypatch):
     assert p <= 80 and n > p
     assert target.tokenizer.decode(shard_tokens[:p], skip_special=False).endswith("model\n")  # template kept
     np.testing.assert_array_equal(np.flatnonzero(loss_mask[0]), np.arange(p, min(n, 96)))
+
+
+def test_sharegpt_answers_pair_each_training_first_turn_with_its_reply(records):
+    exchanges = first_exchanges()
+    by_id = dict(records)
+    assert len(exchanges) > 0.95 * len(records)  # nearly every first turn has a reply
+    assert all(by_id[cid] == prompt and answer.strip() for cid, prompt, answer in exchanges)
+    pairs = training_exchanges(exchanges)
+    train_first, held_out_first = split(records)
+    prompts = [prompt for prompt, _ in pairs]
+    assert not set(prompts) & (set(held_out_first) - set(train_first))
+    remaining = iter(train_first)
+    assert all(prompt in remaining for prompt in prompts)  # a subsequence of the target's prompts, in file order
+    assert len(pairs) > 0.95 * len(train_first)
+
+
+def test_sharegpt_answers_are_written_as_sequences_without_generating(tmp_path, monkeypatch):
+    target = load_target(str(TINY))
+    tokenizer = target.tokenizer
+    monkeypatch.setattr(regenerate_lib, "generate", None)  # nothing may generate
+    exchanges = [("What is 2 + 2?", "4."), ("Name a colour.", "Blue is one. " * 40), ("Hi", "Hello!")]
+    config = RegenerateConfig(max_new_tokens=12, max_prompt_tokens=80, shard_size=2)
+    shards = write_answers(tokenizer, exchanges, tmp_path, config, pad_id=target.config.pad_token_id)
+    assert [s.name for s in shards] == ["sequences-00000.npz", "sequences-00001.npz"]
+    tokens, loss_mask = load_sequences(shards, length=160)  # the tiny tokenizer is byte-level
+    for row, (prompt, answer) in enumerate(exchanges):
+        response = tokens[row][loss_mask[row]].tolist()
+        whole = tokenizer.encode(answer, add_bos=False) + [tokenizer.eos_ids[-1]]
+        assert response == whole[:12]  # cut to max_new_tokens; a whole answer ends its turn
+        prompt_ids = tokens[row][: np.flatnonzero(loss_mask[row])[0]].tolist()
+        assert prompt_ids == tokenizer.encode(tokenizer.chat_prompt(prompt))

