@@ -1,7 +1,7 @@
 """Does a drafter use the target's features? Per-position agreement on training and on unseen text.
 
-    .venv/bin/python benchmarks/drafter_diagnostics.py --data data/sharegpt-gemma3-270m [--drafter dspark]
-        [--max-sequences N] [--unseen-prompts 2] [--answer-tokens 64]
+    .venv/bin/python benchmarks/drafter_diagnostics.py --data data/sharegpt-gemma3-270m [--drafter dspark[,DIR...]]
+        [--max-sequences N] [--unseen-prompts 2] [--answer-tokens 64] [--json agreement.json]
 
 Prints
 (1) the target's final-norm multipliers, and for each fused target layer the RMS and mean max |x| of its
@@ -24,12 +24,14 @@ Results: docs/results.md.
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dspark_jax.atomic_file import write_atomically
 from dspark_jax.drafter_kinds import KINDS, kind_of, load_drafter
 from dspark_jax.drafters import shipped_drafter
 from dspark_jax.evaluation import load_tasks
@@ -114,41 +116,51 @@ def print_feature_scales(target: Target, layers: tuple[int, ...], features: jax.
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, required=True, help="directory written by prepare-data")
-    parser.add_argument("--drafter", default="dspark", help="shipped kind or exported drafter directory")
+    parser.add_argument("--drafter", default="dspark",
+                        help="comma-separated shipped kinds or exported drafter directories, diagnosed on the "
+                             "same training rows and unseen answers")
     parser.add_argument("--max-sequences", type=int, default=None, help="the first N training sequences")
     parser.add_argument("--unseen-prompts", type=int, default=2, help="unseen prompts per task")
     parser.add_argument("--answer-tokens", type=int, default=64, help="greedy tokens per unseen answer")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write every agreement line here: {drafter: {line: [rate per slot]}}")
     args = parser.parse_args()
     target = load_target()
-    directory = shipped_drafter(args.drafter) if args.drafter in KINDS else Path(args.drafter)
-    model = load_drafter(directory, target.config, target.params)
+    names = args.drafter.split(",")
+    models = {name: load_drafter(shipped_drafter(name) if name in KINDS else Path(name), target.config, target.params)
+              for name in names}
     all_tokens, all_mask = load_sequences(sorted(args.data.glob("sequences-*.npz")), LENGTH, args.max_sequences)
     tokens, loss_mask = jnp.asarray(all_tokens[:4]), jnp.asarray(all_mask[:4])
-    layers = model.config.target_layers
-    features, final_hidden = target_features(target.config, target.params, tokens, layers)
-    print_feature_scales(target, layers, features[:, 0])
-
     responses = all_tokens[all_mask.astype(bool)]
-    unseen = np.setdiff1d(np.asarray(model.vocab.get_value()), responses).size
-    print(f"training data: {len(all_tokens)} sequences, {responses.size} response tokens, "
-          f"{np.unique(responses).size} distinct; {unseen} of the {model.vocab.get_value().shape[0]} draft "
-          "tokens never occur in a response")
-
     bigram = bigram_table(all_tokens, all_mask, target.config.vocab_size)
-
-    def show(name, rates):
-        for who, r in rates.items():
-            print(f"top-1 agreement by block position, {name}, {who}:", " ".join(f"{x:.2f}" for x in r))
-
-    show("training sequences", agreement_by_position(target, model, tokens, loss_mask,
-                                                      sample_anchors(jax.random.key(0), loss_mask, 32),
-                                                      features, final_hidden, bigram))
     answers = greedy_answers(target, args.unseen_prompts, args.answer_tokens)
-    features, final_hidden = target_features(target.config, target.params, answers[0], layers)
-    show("unseen greedy answers", agreement_by_position(target, model, *answers, features, final_hidden, bigram))
-    ablated = jnp.broadcast_to(features.mean(axis=(1, 2), keepdims=True), features.shape)
-    show("unseen greedy answers, features ablated",
-         agreement_by_position(target, model, *answers, ablated, final_hidden, bigram))
+    report: dict[str, dict[str, list[float]]] = {}
+    for name, model in models.items():
+        print(f"== {name}")
+        layers = model.config.target_layers
+        features, final_hidden = target_features(target.config, target.params, tokens, layers)
+        print_feature_scales(target, layers, features[:, 0])
+        unseen = np.setdiff1d(np.asarray(model.vocab.get_value()), responses).size
+        print(f"training data: {len(all_tokens)} sequences, {responses.size} response tokens, "
+              f"{np.unique(responses).size} distinct; {unseen} of the {model.vocab.get_value().shape[0]} draft "
+              "tokens never occur in a response")
+
+        def show(text, rates):
+            for who, r in rates.items():
+                print(f"top-1 agreement by block position, {text}, {who}:", " ".join(f"{x:.2f}" for x in r))
+                report.setdefault(name, {})[f"{text}, {who}"] = [float(x) for x in r]
+
+        show("training sequences", agreement_by_position(target, model, tokens, loss_mask,
+                                                          sample_anchors(jax.random.key(0), loss_mask, 32),
+                                                          features, final_hidden, bigram))
+        features, final_hidden = target_features(target.config, target.params, answers[0], layers)
+        show("unseen greedy answers", agreement_by_position(target, model, *answers, features, final_hidden, bigram))
+        ablated = jnp.broadcast_to(features.mean(axis=(1, 2), keepdims=True), features.shape)
+        show("unseen greedy answers, features ablated",
+             agreement_by_position(target, model, *answers, ablated, final_hidden, bigram))
+    if args.json is not None:
+        write_atomically(args.json, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1) + "\n"))
+
 
 if __name__ == "__main__":
     main()

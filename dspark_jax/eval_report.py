@@ -96,10 +96,15 @@ def _with_error(value: float, error: float) -> str:
     return f"{value:.2f}" if np.isnan(error) else f"{value:.2f} ± {error:.2f}"
 
 
-def _mean_with_error(per_task: list[dict]) -> str:
-    """The mean τ over tasks and its standard error (tasks are independent samples)."""
+def mean_tau(per_task: list[dict]) -> tuple[float, float]:
+    """(mean τ over tasks, its standard error) from each task's result of one method (tasks are independent
+    samples)."""
     errors = [m["tau_standard_error"] for m in per_task]
-    return _with_error(_mean([m["tau"] for m in per_task]), float(np.sqrt(np.sum(np.square(errors)))) / len(errors))
+    return _mean([m["tau"] for m in per_task]), float(np.sqrt(np.sum(np.square(errors)))) / len(errors)
+
+
+def _mean_with_error(per_task: list[dict]) -> str:
+    return _with_error(*mean_tau(per_task))
 
 
 def _at(values: list[float], k: int) -> float:
