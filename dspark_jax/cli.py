@@ -369,9 +369,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def keep_compiled_programs() -> None:
     """XLA programs that took over a second to compile are kept on disk (JAX's persistent compilation cache,
-    in ~/.cache/dspark-jax/xla), so a command run again starts without compiling them: a one-off
-    `generate` spends most of its time compiling otherwise. JAX_COMPILATION_CACHE_DIR, when set, decides
-    instead (an empty value turns the cache off)."""
+    in ~/.cache/dspark-jax/xla, the least recently used dropped past 2 GiB), so a command run again starts
+    without compiling them: a one-off `generate` spends most of its time compiling otherwise.
+    JAX_COMPILATION_CACHE_DIR, when set, decides instead (an empty value turns the cache off)."""
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
     import jax
@@ -379,6 +379,7 @@ def keep_compiled_programs() -> None:
     from dspark_jax.kernels.cpu_kernels import cache_dir
 
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    jax.config.update("jax_compilation_cache_max_size", 2 << 30)
 
 
 if __name__ == "__main__":

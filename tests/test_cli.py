@@ -211,7 +211,7 @@ def test_commands_keep_compiled_programs_unless_told_otherwise(tmp_path, setting
         env["JAX_COMPILATION_CACHE_DIR"] = setting
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
-    stored = list((tmp_path / "dspark-jax" / "xla").glob("jit_triple_sine-*"))
+    stored = list((tmp_path / "dspark-jax" / "xla").glob("jit_triple_sine-*-cache"))
     assert len(stored) == (1 if setting is None else 0), stored
 
 
